@@ -1,0 +1,46 @@
+# MessageHub configuration. Copy to instance/config.py and change what you need.
+#
+# Order of precedence: the defaults shown here, then instance/config.py, then
+# environment variables named MESSAGEHUB_<KEY> (values are read as JSON when
+# they parse, e.g. MESSAGEHUB_BATCH_SIZE=500, else as text). The instance
+# folder itself is chosen with MESSAGEHUB_INSTANCE_PATH (default: ./instance).
+
+# Database URL (SQLAlchemy form). Default: SQLite file instance/messagehub.db.
+# For several hosts sharing campaigns, use PostgreSQL, e.g.
+# "postgresql+psycopg://messagehub:PASSWORD@db.internal/messagehub".
+# SQLALCHEMY_DATABASE_URI = "sqlite:////srv/messagehub/instance/messagehub.db"
+
+# Secret key for sessions and for encrypting stored passwords. Default: a
+# random key generated into instance/secret_key on first start. Changing it
+# logs everyone out and makes stored SMTP passwords unreadable.
+# SECRET_KEY = "..."
+
+# Folder for the "Outbox" delivery method: one .eml file per message.
+# Default: instance/outbox.
+# OUTBOX_DIR = "/srv/messagehub/outbox"
+
+# Recipients read from the database per batch by a campaign run. Default: 100.
+# BATCH_SIZE = 100
+
+# Attempts per recipient before a temporary failure (SMTP 4xx, dropped
+# connection) becomes permanent. Default: 5.
+# MAX_ATTEMPTS = 5
+
+# Delay before the first retry of a temporary failure, in seconds; it doubles
+# with each attempt up to RETRY_MAX_SECONDS. Defaults: 60 and 3600.
+# RETRY_BASE_SECONDS = 60.0
+# RETRY_MAX_SECONDS = 3600.0
+
+# Default timeout of every SMTP network operation, in seconds, when the SMTP
+# settings give none. Default: 30.
+# SMTP_TIMEOUT = 30.0
+
+# Domain in generated Message-ID headers. Default: the domain of each
+# campaign's sender address.
+# MESSAGE_ID_DOMAIN = "mail.example.com"
+
+# Largest CSV upload accepted, in bytes. Default: 512 MiB.
+# IMPORT_MAX_BYTES = 536870912
+
+# Log level of campaign processes: DEBUG, INFO, WARNING or ERROR. Default: INFO.
+# LOG_LEVEL = "INFO"

@@ -1,0 +1,1 @@
+"""Email campaigns: editing, checking, previewing and launching."""

@@ -1,0 +1,296 @@
+"""Campaign pages: list, edit, check, preview, test send, send now and live progress."""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+
+from flask import (
+    Blueprint,
+    Response,
+    current_app,
+    flash,
+    redirect,
+    render_template,
+    request,
+    stream_with_context,
+    url_for,
+)
+from flask_login import current_user
+from sqlalchemy import select
+from wtforms import SelectChoice
+
+from messagehub.auth.access import role_required
+from messagehub.campaigns import foreground, service
+from messagehub.campaigns.forms import CampaignForm, TestSendForm
+from messagehub.delivery_settings import SenderNotConfigured
+from messagehub.engine import status as campaign_status
+from messagehub.extensions import db
+from messagehub.messages.templating import CampaignTemplates, MissingFields, TemplateSyntaxProblem
+from messagehub.models import Campaign, CampaignStatus, Contact, ContactList, Delivery, Role
+from messagehub.providers.base import SendError
+
+bp = Blueprint("campaigns", __name__, url_prefix="/campaigns")
+log = logging.getLogger("messagehub.web")
+audit = logging.getLogger("messagehub.audit")
+
+STATUSES = [status.value for status in CampaignStatus]
+# Seconds between two progress events on the server-sent event stream.
+EVENT_INTERVAL = 0.5
+
+
+def _campaign_or_404(campaign_id: int) -> Campaign:
+    return db.get_or_404(Campaign, campaign_id)
+
+
+def _list_choices() -> list[SelectChoice]:
+    lists = db.session.execute(select(ContactList).order_by(ContactList.name)).scalars()
+    return [SelectChoice(0, "Choose a list…")] + [SelectChoice(item.id, item.name) for item in lists]
+
+
+@bp.get("/")
+def index():
+    """List campaigns, optionally filtered by status."""
+    wanted = request.args.get("status", "")
+    query = select(Campaign).order_by(Campaign.id.desc())
+    if wanted in STATUSES:
+        query = query.where(Campaign.status == wanted)
+    campaigns = db.session.execute(query).scalars().all()
+    return render_template("campaigns/index.html", campaigns=campaigns, statuses=STATUSES, wanted=wanted)
+
+
+@bp.route("/new", methods=["GET", "POST"])
+@role_required(Role.OPERATOR)
+def new():
+    """Create a draft campaign."""
+    form = CampaignForm()
+    form.list_id.choices = _list_choices()
+    if form.validate_on_submit() and _templates_compile(form):
+        campaign = Campaign()
+        _fill(campaign, form)
+        db.session.add(campaign)
+        db.session.commit()
+        audit.info("user %s created campaign %s", current_user.username, campaign.id, extra={"campaign_id": campaign.id})
+        flash("Campaign saved as a draft. Check it, preview it, then send it.", "success")
+        return redirect(url_for("campaigns.show", campaign_id=campaign.id), code=303)
+
+    return render_template("campaigns/edit.html", form=form, campaign=None), 400 if form.errors else 200
+
+
+@bp.route("/<int:campaign_id>/edit", methods=["GET", "POST"])
+@role_required(Role.OPERATOR)
+def edit(campaign_id: int):
+    """Change a campaign that has not been sent yet."""
+    campaign = _campaign_or_404(campaign_id)
+    if campaign.status != campaign_status.DRAFT:
+        flash("Only a draft can be edited; this campaign has been launched.", "error")
+        return redirect(url_for("campaigns.show", campaign_id=campaign_id), code=303)
+
+    form = CampaignForm(obj=campaign)
+    form.list_id.choices = _list_choices()
+    if form.validate_on_submit() and _templates_compile(form):
+        _fill(campaign, form)
+        db.session.commit()
+        flash("Campaign saved.", "success")
+        return redirect(url_for("campaigns.show", campaign_id=campaign.id), code=303)
+
+    return render_template("campaigns/edit.html", form=form, campaign=campaign), 400 if form.errors else 200
+
+
+def _templates_compile(form: CampaignForm) -> bool:
+    """Attach a template syntax error to the field it is in; tell whether all compile."""
+    try:
+        CampaignTemplates.compile(form.subject.data, form.text_body.data or "", form.html_body.data or "")
+    except TemplateSyntaxProblem as e:
+        getattr(form, e.field).errors.append(str(e))
+        return False
+    return True
+
+
+def _fill(campaign: Campaign, form: CampaignForm) -> None:
+    for name in ("name", "list_id", "subject", "from_name", "from_email", "reply_to", "text_body", "html_body", "delivery_method"):
+        value = getattr(form, name).data
+        setattr(campaign, name, value.strip() if isinstance(value, str) and name not in ("text_body", "html_body") else value)
+
+
+@bp.get("/<int:campaign_id>")
+def show(campaign_id: int):
+    """Show a campaign: content, audience check, progress and actions."""
+    campaign = _campaign_or_404(campaign_id)
+    contacts = []
+    if campaign.list_id:
+        contacts = db.session.execute(
+            select(Contact).where(Contact.list_id == campaign.list_id, Contact.email.is_not(None)).order_by(Contact.id).limit(20)
+        ).scalars().all()
+    return render_template(
+        "campaigns/show.html",
+        campaign=campaign,
+        contacts=contacts,
+        test_form=TestSendForm(),
+        sending_here=foreground.is_running(campaign_id),
+    )
+
+
+@bp.get("/<int:campaign_id>/check")
+def check(campaign_id: int):
+    """Render every template for every recipient and show who lacks which field."""
+    campaign = _campaign_or_404(campaign_id)
+    try:
+        result = service.check_campaign(db.session, campaign)
+    except TemplateSyntaxProblem as e:
+        return render_template("campaigns/_check.html", error=str(e), result=None)
+    return render_template("campaigns/_check.html", error=None, result=result)
+
+
+@bp.get("/<int:campaign_id>/preview")
+def preview(campaign_id: int):
+    """Show the campaign as one contact would receive it."""
+    campaign = _campaign_or_404(campaign_id)
+    contact = _chosen_contact(campaign, request.args.get("contact", ""))
+    content, error = None, None
+    if contact is None:
+        error = "No contact found for that address in the campaign's list."
+    else:
+        try:
+            content = service.preview(campaign, contact)
+        except MissingFields as e:
+            error = f"This contact lacks {', '.join(sorted(e.fields))}; add the field or give the template a default."
+        except TemplateSyntaxProblem as e:
+            error = str(e)
+    template = "campaigns/_preview.html" if request.headers.get("HX-Request") else "campaigns/preview.html"
+    return render_template(template, campaign=campaign, contact=contact, content=content, error=error)
+
+
+def _chosen_contact(campaign: Campaign, wanted: str) -> Contact | None:
+    """Find a contact of the campaign's list by id or address; the first one if none is named."""
+    query = select(Contact).where(Contact.list_id == campaign.list_id, Contact.email.is_not(None))
+    wanted = wanted.strip()
+    if wanted.isdigit():
+        query = query.where(Contact.id == int(wanted))
+    elif wanted:
+        query = query.where(Contact.email_key == wanted.casefold())
+    return db.session.execute(query.order_by(Contact.id).limit(1)).scalar()
+
+
+@bp.post("/<int:campaign_id>/test")
+@role_required(Role.OPERATOR)
+def test_send(campaign_id: int):
+    """Send one test message to an address the user typed."""
+    campaign = _campaign_or_404(campaign_id)
+    form = TestSendForm()
+    if not form.validate_on_submit():
+        for errors in form.errors.values():
+            for error in errors:
+                flash(f"Test message not sent: {error}", "error")
+        return redirect(url_for("campaigns.show", campaign_id=campaign_id), code=303)
+
+    contact = _chosen_contact(campaign, form.contact_id.data or "")
+    try:
+        result = service.send_test(db.engine, current_app.config, campaign, contact, form.address.data)
+    except (MissingFields, TemplateSyntaxProblem, SenderNotConfigured, SendError, ValueError) as e:
+        log.warning("error sending a test of campaign %s: %s", campaign_id, e, extra={"campaign_id": campaign_id})
+        flash(f"Test message not sent: {_plain_error(e)}", "error")
+    else:
+        audit.info("user %s sent a test of campaign %s", current_user.username, campaign_id, extra={"campaign_id": campaign_id})
+        flash(f"Test message sent to {form.address.data}: {result.reply}", "success")
+    return redirect(url_for("campaigns.show", campaign_id=campaign_id), code=303)
+
+
+def _plain_error(error: Exception) -> str:
+    if isinstance(error, MissingFields):
+        return f"the contact lacks {', '.join(sorted(error.fields))}."
+    if isinstance(error, SendError):
+        return error.reply
+    return str(error)
+
+
+@bp.post("/<int:campaign_id>/send")
+@role_required(Role.OPERATOR)
+def send_now(campaign_id: int):
+    """Check the campaign, then send it from this web process with live progress."""
+    campaign = _campaign_or_404(campaign_id)
+    problem = service.launch_problem(db.session, campaign, foreground.is_running(campaign_id))
+    if problem:
+        flash(problem, "error")
+        return redirect(url_for("campaigns.show", campaign_id=campaign_id), code=303)
+
+    try:
+        foreground.start(campaign_id, current_app.config)
+    except (foreground.AlreadyRunning, SenderNotConfigured, campaign_status.StatusError, LookupError) as e:
+        flash(str(e), "error")
+        return redirect(url_for("campaigns.show", campaign_id=campaign_id), code=303)
+
+    audit.info("user %s started campaign %s in the foreground", current_user.username, campaign_id, extra={"campaign_id": campaign_id})
+    flash("Sending started. Progress updates live below.", "success")
+    return redirect(url_for("campaigns.show", campaign_id=campaign_id), code=303)
+
+
+@bp.post("/<int:campaign_id>/pause")
+@role_required(Role.OPERATOR)
+def pause(campaign_id: int):
+    """Pause a running campaign after the message in flight."""
+    campaign = _campaign_or_404(campaign_id)
+    try:
+        campaign_status.check_transition(campaign_id, campaign.status, campaign_status.PAUSED)
+    except campaign_status.StatusError as e:
+        flash(str(e), "error")
+        return redirect(url_for("campaigns.show", campaign_id=campaign_id), code=303)
+
+    # The status change reaches a run in any process at its next batch; the
+    # event stops a run in this process before its next message.
+    campaign.status = campaign_status.PAUSED
+    db.session.commit()
+    foreground.stop(campaign_id)
+    audit.info("user %s paused campaign %s", current_user.username, campaign_id, extra={"campaign_id": campaign_id})
+    flash("Campaign paused. Send it again to resume where it stopped.", "success")
+    return redirect(url_for("campaigns.show", campaign_id=campaign_id), code=303)
+
+
+@bp.get("/<int:campaign_id>/progress")
+def progress(campaign_id: int):
+    """Return the progress panel of a campaign."""
+    return render_template("campaigns/_progress.html", campaign=_campaign_or_404(campaign_id))
+
+
+@bp.get("/<int:campaign_id>/events")
+def events(campaign_id: int):
+    """Stream the progress panel as server-sent events until the campaign stops running."""
+    _campaign_or_404(campaign_id)
+    app = current_app._get_current_object()
+
+    @stream_with_context
+    def stream():
+        last = None
+        while True:
+            db.session.expire_all()
+            campaign = db.session.get(Campaign, campaign_id)
+            html = render_template("campaigns/_progress.html", campaign=campaign, streaming=True)
+            if html != last:
+                yield _sse("progress", html)
+                last = html
+            if campaign.status != campaign_status.RUNNING:
+                yield _sse("done", json.dumps({"status": campaign.status}))
+                return
+            db.session.rollback()
+            time.sleep(app.config.get("EVENT_INTERVAL", EVENT_INTERVAL))
+
+    return Response(stream(), mimetype="text/event-stream", headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+
+
+def _sse(event: str, data: str) -> str:
+    lines = "".join(f"data: {line}\n" for line in data.splitlines() or [""])
+    return f"event: {event}\n{lines}\n"
+
+
+@bp.get("/<int:campaign_id>/deliveries")
+def deliveries(campaign_id: int):
+    """List the campaign's recipients with each outcome, filtered by status."""
+    campaign = _campaign_or_404(campaign_id)
+    wanted = request.args.get("status", "")
+    query = select(Delivery).where(Delivery.campaign_id == campaign_id).order_by(Delivery.id)
+    if wanted:
+        query = query.where(Delivery.status == wanted)
+    page = db.paginate(query, per_page=100, error_out=False)
+    return render_template("campaigns/deliveries.html", campaign=campaign, page=page, wanted=wanted)
+

@@ -1,0 +1,97 @@
+"""Deployment configuration: defaults, then ``instance/config.py``, then ``MESSAGEHUB_*``.
+
+Flask-free, so a campaign process reads exactly what the web app reads.
+Every key is documented in ``instance/config.sample.py``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+from pathlib import Path
+from typing import Any
+
+ENV_PREFIX = "MESSAGEHUB_"
+
+# Where instance/ lives unless MESSAGEHUB_INSTANCE_PATH says otherwise: next to
+# the package in a checkout, which is how `make run` and `make install` lay it out.
+DEFAULT_INSTANCE_PATH = Path(__file__).resolve().parent.parent / "instance"
+
+
+def default_config(instance_path: Path) -> dict[str, Any]:
+    """Return the built-in defaults for an instance folder."""
+    return {
+        "SQLALCHEMY_DATABASE_URI": f"sqlite:///{instance_path / 'messagehub.db'}",
+        "OUTBOX_DIR": str(instance_path / "outbox"),
+        "BATCH_SIZE": 100,
+        "MAX_ATTEMPTS": 5,
+        "RETRY_BASE_SECONDS": 60.0,
+        "RETRY_MAX_SECONDS": 3600.0,
+        "SMTP_TIMEOUT": 30.0,
+        "MESSAGE_ID_DOMAIN": "",
+        "IMPORT_MAX_BYTES": 512 * 1024 * 1024,
+        "LOG_LEVEL": "INFO",
+    }
+
+
+def instance_path_from_env() -> Path:
+    """Return the instance folder, from ``MESSAGEHUB_INSTANCE_PATH`` or the default."""
+    return Path(os.environ.get(ENV_PREFIX + "INSTANCE_PATH", DEFAULT_INSTANCE_PATH)).resolve()
+
+
+def load_config(instance_path: Path | None = None, overrides: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Merge defaults, ``instance/config.py``, the environment and ``overrides``, in that order."""
+    instance_path = instance_path or instance_path_from_env()
+    config = default_config(instance_path)
+    config.update(_read_instance_file(instance_path / "config.py"))
+    config.update(_read_environment(os.environ))
+    config.update(overrides or {})
+    config.setdefault("SECRET_KEY", None)
+    if not config["SECRET_KEY"]:
+        config["SECRET_KEY"] = ensure_secret_key(instance_path)
+    config["INSTANCE_PATH"] = str(instance_path)
+    return config
+
+
+def ensure_secret_key(instance_path: Path) -> str:
+    """Read ``instance/secret_key``, creating it with a random key on first use."""
+    key_file = instance_path / "secret_key"
+    if key_file.exists():
+        return key_file.read_text().strip()
+
+    instance_path.mkdir(parents=True, exist_ok=True)
+    key = secrets.token_hex(32)
+    # O_EXCL: two processes starting at once must not each write a different key.
+    try:
+        fd = os.open(key_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        return key_file.read_text().strip()
+    with os.fdopen(fd, "w") as f:
+        f.write(key + "\n")
+
+    return key
+
+
+def _read_instance_file(path: Path) -> dict[str, Any]:
+    if not path.exists():
+        return {}
+
+    namespace: dict[str, Any] = {"__file__": str(path)}
+    exec(compile(path.read_bytes(), str(path), "exec"), namespace)  # noqa: S102 - the admin's own config file
+    return {k: v for k, v in namespace.items() if k.isupper()}
+
+
+def _read_environment(environ: os._Environ | dict[str, str]) -> dict[str, Any]:
+    """Take ``MESSAGEHUB_KEY=value`` pairs; values are parsed as JSON when they parse."""
+    config = {}
+    for name, raw in environ.items():
+        if not name.startswith(ENV_PREFIX) or name == ENV_PREFIX + "INSTANCE_PATH":
+            continue
+        try:
+            value = json.loads(raw)
+        except ValueError:
+            value = raw
+        config[name[len(ENV_PREFIX):]] = value
+
+    return config

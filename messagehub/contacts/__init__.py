@@ -1,0 +1,1 @@
+"""Contact lists: importing them from CSV files."""

@@ -1,0 +1,75 @@
+"""Delivery settings kept in the database, and the sender they describe.
+
+Flask-free: the web app's settings page and the campaign processes both use it.
+The SMTP password is stored encrypted (``messagehub.secretbox``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, replace
+from pathlib import Path
+
+from sqlalchemy import Engine
+from sqlalchemy.orm import Session
+
+from messagehub import secretbox
+from messagehub.models import Setting
+from messagehub.providers.base import Sender
+from messagehub.providers.outbox import OutboxSender
+from messagehub.providers.smtp import SmtpSender, SmtpSettings
+
+SMTP_KEY = "smtp"
+DELIVERY_METHODS = {"outbox": "Outbox (write .eml files under instance/)", "smtp": "SMTP server"}
+
+
+def load_smtp_settings(session: Session, secret_key: str, timeout: float | None = None) -> SmtpSettings | None:
+    """Return the saved SMTP settings with the password decrypted, or None if never saved."""
+    row = session.get(Setting, SMTP_KEY)
+    if row is None or not row.value.get("host"):
+        return None
+
+    stored = dict(row.value)
+    token = stored.pop("password_encrypted", "")
+    stored["password"] = secretbox.decrypt(secret_key, token) if token else ""
+    if timeout is not None:
+        stored.setdefault("timeout", timeout)
+    known = SmtpSettings.__dataclass_fields__
+    return SmtpSettings(**{name: value for name, value in stored.items() if name in known})
+
+
+def save_smtp_settings(session: Session, secret_key: str, settings: SmtpSettings, keep_password: bool) -> None:
+    """Store SMTP settings; with ``keep_password`` the stored password is left as it was."""
+    row = session.get(Setting, SMTP_KEY)
+    value = asdict(replace(settings, password=""))
+    del value["password"]
+    if keep_password and row is not None:
+        value["password_encrypted"] = row.value.get("password_encrypted", "")
+    elif settings.password:
+        value["password_encrypted"] = secretbox.encrypt(secret_key, settings.password)
+
+    if row is None:
+        session.add(Setting(key=SMTP_KEY, value=value))
+    else:
+        row.value = value
+
+
+class SenderNotConfigured(Exception):
+    """The campaign's delivery method has no settings yet."""
+
+
+def open_sender(method: str, engine: Engine, config: dict, campaign_id: int | None = None) -> Sender:
+    """Build the sender for a delivery method from the stored settings and ``config``."""
+    if method == "outbox":
+        directory = Path(config["OUTBOX_DIR"])
+        if campaign_id is not None:
+            directory = directory / f"campaign-{campaign_id}"
+        return OutboxSender(directory)
+
+    if method == "smtp":
+        with Session(engine) as session:
+            settings = load_smtp_settings(session, config["SECRET_KEY"], float(config["SMTP_TIMEOUT"]))
+        if settings is None:
+            raise SenderNotConfigured("SMTP is not configured: set the server in Settings first.")
+        return SmtpSender(settings)
+
+    raise SenderNotConfigured(f"unknown delivery method {method!r}; expected one of {', '.join(DELIVERY_METHODS)}")

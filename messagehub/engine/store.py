@@ -1,0 +1,105 @@
+"""What the engine needs from storage, as plain data and one Protocol."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Protocol
+
+
+@dataclass(frozen=True)
+class CampaignSpec:
+    """A campaign's content and sending options, as the engine reads them."""
+
+    id: int
+    name: str
+    status: str
+    subject: str
+    text_body: str
+    html_body: str
+    from_name: str
+    from_email: str
+    reply_to: str
+    delivery_method: str
+
+
+@dataclass(frozen=True)
+class Recipient:
+    """One queued delivery with the contact data its message is rendered from."""
+
+    delivery_id: int
+    address: str
+    attempts: int
+    to_name: str
+    context: dict = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class InDoubt:
+    """A delivery a previous run handed over without recording the outcome."""
+
+    delivery_id: int
+    message_id: str
+
+
+@dataclass
+class Progress:
+    """Counts of a campaign's deliveries by status."""
+
+    total: int = 0
+    queued: int = 0
+    sending: int = 0
+    sent: int = 0
+    failed: int = 0
+    skipped: int = 0
+
+    @property
+    def done(self) -> int:
+        return self.sent + self.failed + self.skipped
+
+
+class Claimed(Exception):
+    """Another process handed this delivery over first."""
+
+
+class CampaignStore(Protocol):
+    """Storage of campaigns, their recipients and their progress."""
+
+    def load_campaign(self, campaign_id: int) -> CampaignSpec:
+        """Return the campaign, or raise LookupError."""
+
+    def start_run(self, campaign_id: int) -> None:
+        """Mark the campaign running and, on its first run, queue its audience."""
+
+    def in_doubt(self, campaign_id: int) -> list[InDoubt]:
+        """Return deliveries left in ``sending`` by an earlier run."""
+
+    def resolve(self, delivery_id: int, delivered: bool | None) -> None:
+        """Settle an in-doubt delivery: sent, queued again, or sent unconfirmed (None)."""
+
+    def next_batch(self, campaign_id: int, limit: int, now: datetime) -> list[Recipient]:
+        """Return up to ``limit`` queued deliveries due at ``now``, oldest first."""
+
+    def mark_sending(self, delivery_id: int, message_id: str) -> None:
+        """Commit that the message is being handed over; raise Claimed if already taken."""
+
+    def mark_sent(self, delivery_id: int, reply: str, provider_id: str | None) -> None:
+        """Commit that the provider accepted the message."""
+
+    def mark_deferred(self, delivery_id: int, reply: str, retry_at: datetime, handed_over: bool = False) -> None:
+        """Commit a temporary failure; the delivery is queued again for ``retry_at``."""
+
+    def mark_failed(self, delivery_id: int, reply: str, handed_over: bool = False) -> None:
+        """Commit a permanent failure with the provider's reply."""
+
+    def next_retry_at(self, campaign_id: int) -> datetime | None:
+        """Return when the earliest deferred delivery is due, or None if none is queued."""
+
+    def progress(self, campaign_id: int) -> Progress:
+        """Return the campaign's counts."""
+
+    def current_status(self, campaign_id: int) -> str:
+        """Return the campaign's status as stored now (another process may change it)."""
+
+    def finish_run(self, campaign_id: int, status: str, error: str | None = None) -> None:
+        """Record how the run ended: finished, paused or failed."""

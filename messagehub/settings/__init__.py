@@ -1,0 +1,1 @@
+"""Delivery settings: the SMTP server and its connection test."""

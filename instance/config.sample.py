@@ -44,3 +44,27 @@
 
 # Log level of campaign processes: DEBUG, INFO, WARNING or ERROR. Default: INFO.
 # LOG_LEVEL = "INFO"
+
+# Who runs background campaigns: "systemd" (each campaign is the unit
+# messagehub-campaign@<id>.service), "process" (detached processes with a log
+# file each under instance/logs, for machines without systemd), or "auto":
+# systemd when a manager answers on the bus, else processes. Default: "auto".
+# SUPERVISOR = "auto"
+
+# Talk to the calling user's systemd manager instead of the system one.
+# Default: False.
+# SYSTEMD_USER_MODE = False
+
+# Where `make install` put MessageHub, its virtualenv (empty means
+# INSTALL_PREFIX/venv), the campaign units' instance folder and their user.
+# Used for units started as transient units (the web app running as root or
+# against a user manager). Defaults: /opt/messagehub, "", /var/lib/messagehub,
+# messagehub.
+# INSTALL_PREFIX = "/opt/messagehub"
+# INSTALL_VENV = ""
+# STATE_DIR = "/var/lib/messagehub"
+# RUN_USER = "messagehub"
+
+# Seconds the plain-process supervisor waits for a campaign to stop after
+# SIGTERM. Default: 10.
+# PROCESS_STOP_TIMEOUT = 10.0

@@ -14,6 +14,9 @@ from typing import Any
 
 ENV_PREFIX = "MESSAGEHUB_"
 
+# Name of the systemd credential holding the secret key (LoadCredential=secret_key:...).
+SECRET_KEY_CREDENTIAL = "secret_key"
+
 # Where instance/ lives unless MESSAGEHUB_INSTANCE_PATH says otherwise: next to
 # the package in a checkout, which is how `make run` and `make install` lay it out.
 DEFAULT_INSTANCE_PATH = Path(__file__).resolve().parent.parent / "instance"
@@ -32,6 +35,13 @@ def default_config(instance_path: Path) -> dict[str, Any]:
         "MESSAGE_ID_DOMAIN": "",
         "IMPORT_MAX_BYTES": 512 * 1024 * 1024,
         "LOG_LEVEL": "INFO",
+        "SUPERVISOR": "auto",
+        "SYSTEMD_USER_MODE": False,
+        "INSTALL_PREFIX": "/opt/messagehub",
+        "INSTALL_VENV": "",
+        "STATE_DIR": "/var/lib/messagehub",
+        "RUN_USER": "messagehub",
+        "PROCESS_STOP_TIMEOUT": 10.0,
     }
 
 
@@ -49,9 +59,35 @@ def load_config(instance_path: Path | None = None, overrides: dict[str, Any] | N
     config.update(overrides or {})
     config.setdefault("SECRET_KEY", None)
     if not config["SECRET_KEY"]:
-        config["SECRET_KEY"] = ensure_secret_key(instance_path)
+        # A SECRET_KEY set in config.py or the environment wins over the
+        # credential: the web app, which has no credential, sees only that one,
+        # and both must decrypt the same stored passwords.
+        config["SECRET_KEY"] = read_secret_key_credential(os.environ) or ensure_secret_key(instance_path)
     config["INSTANCE_PATH"] = str(instance_path)
     return config
+
+
+def read_secret_key_credential(environ: os._Environ | dict[str, str]) -> str | None:
+    """Return the secret key systemd passed as a credential, or None when there is none.
+
+    A unit with ``LoadCredential=secret_key:FILE`` finds the key in
+    ``$CREDENTIALS_DIRECTORY/secret_key``; the key is only read, never copied elsewhere.
+
+    :raises ValueError: the credential file is empty, since generating a new
+        key instead would leave every stored password unreadable.
+    """
+    directory = environ.get("CREDENTIALS_DIRECTORY")
+    if not directory:
+        return None
+    path = Path(directory) / SECRET_KEY_CREDENTIAL
+    if not path.is_file():
+        return None
+
+    key = path.read_text().strip()
+    if not key:
+        raise ValueError(f"secret key credential {path} is empty: check the file named in LoadCredential=secret_key:")
+
+    return key
 
 
 def ensure_secret_key(instance_path: Path) -> str:

@@ -235,6 +235,11 @@ class Campaign(Base):
     html_body: Mapped[str] = mapped_column(Text, default="")
     text_body: Mapped[str] = mapped_column(Text, default="")
     delivery_method: Mapped[str] = mapped_column(String(16), default="outbox")
+    # "background" (a unit or process of its own) or "foreground" (a thread of the web app).
+    run_mode: Mapped[str | None] = mapped_column(String(16))
+    # Moved by the running engine every few seconds; a foreground run whose
+    # heartbeat stopped died with its web process.
+    heartbeat_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     total: Mapped[int] = mapped_column(Integer, default=0)
     sent: Mapped[int] = mapped_column(Integer, default=0)
     failed: Mapped[int] = mapped_column(Integer, default=0)
@@ -270,6 +275,25 @@ class Delivery(Base):
     queued_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
     sent_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+
+
+class JobEvent(Base):
+    """One entry of a campaign's job history: a launch, stop, resume, restart or exit."""
+
+    __tablename__ = "job_events"
+    __table_args__ = (Index("ix_job_events_campaign", "campaign_id", "id"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    campaign_id: Mapped[int] = mapped_column(ForeignKey("campaigns.id", ondelete="CASCADE"))
+    at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    kind: Mapped[str] = mapped_column(String(16))
+    # The user who asked for it, or "system" for what reconciliation found.
+    actor: Mapped[str] = mapped_column(String(80), default="system")
+    supervisor: Mapped[str] = mapped_column(String(16), default="")
+    mode: Mapped[str] = mapped_column(String(16), default="")
+    exit_status: Mapped[int | None] = mapped_column(Integer)
+    restarts: Mapped[int | None] = mapped_column(Integer)
+    detail: Mapped[str] = mapped_column(Text, default="")
 
 
 class Setting(Base):

@@ -27,9 +27,12 @@ from messagehub.campaigns.forms import CampaignForm, TestSendForm
 from messagehub.delivery_settings import SenderNotConfigured
 from messagehub.engine import status as campaign_status
 from messagehub.extensions import db
+from messagehub.jobs import service as jobs_service
 from messagehub.messages.templating import CampaignTemplates, MissingFields, TemplateSyntaxProblem
 from messagehub.models import Campaign, CampaignStatus, Contact, ContactList, Delivery, Role
 from messagehub.providers.base import SendError
+from messagehub.supervisor.base import SupervisorError
+from messagehub.supervisor.choose import choose_supervisor
 
 bp = Blueprint("campaigns", __name__, url_prefix="/campaigns")
 log = logging.getLogger("messagehub.web")
@@ -205,25 +208,52 @@ def _plain_error(error: Exception) -> str:
     return str(error)
 
 
-@bp.post("/<int:campaign_id>/send")
+@bp.post("/<int:campaign_id>/launch")
 @role_required(Role.OPERATOR)
-def send_now(campaign_id: int):
-    """Check the campaign, then send it from this web process with live progress."""
+def launch(campaign_id: int):
+    """Check the campaign, then run it in the background (its own unit) or in this web process."""
     campaign = _campaign_or_404(campaign_id)
+    mode = request.form.get("mode", jobs_service.BACKGROUND)
+    if mode not in (jobs_service.BACKGROUND, jobs_service.FOREGROUND):
+        flash("Choose background or foreground.", "error")
+        return redirect(url_for("campaigns.show", campaign_id=campaign_id), code=303)
+
     problem = service.launch_problem(db.session, campaign, foreground.is_running(campaign_id))
     if problem:
         flash(problem, "error")
         return redirect(url_for("campaigns.show", campaign_id=campaign_id), code=303)
 
+    if mode == jobs_service.BACKGROUND:
+        return _launch_background(campaign)
+    return _launch_foreground(campaign)
+
+
+def _launch_background(campaign: Campaign):
     try:
-        foreground.start(campaign_id, current_app.config)
+        jobs_service.launch_background(db.engine, db.session, choose_supervisor(current_app.config), campaign, current_user.username)
+    except (SupervisorError, campaign_status.StatusError) as e:
+        flash(f"The campaign could not start in the background: {e}", "error")
+        return redirect(url_for("campaigns.show", campaign_id=campaign.id), code=303)
+
+    flash("Campaign launched in the background. It keeps running if you close this page.", "success")
+    return redirect(url_for("jobs.monitor", campaign_id=campaign.id), code=303)
+
+
+def _launch_foreground(campaign: Campaign):
+    kind = jobs_service.LAUNCH if campaign.started_at is None else jobs_service.RESUME
+    try:
+        foreground.start(campaign.id, current_app.config)
     except (foreground.AlreadyRunning, SenderNotConfigured, campaign_status.StatusError, LookupError) as e:
         flash(str(e), "error")
-        return redirect(url_for("campaigns.show", campaign_id=campaign_id), code=303)
+        return redirect(url_for("campaigns.show", campaign_id=campaign.id), code=303)
 
-    audit.info("user %s started campaign %s in the foreground", current_user.username, campaign_id, extra={"campaign_id": campaign_id})
-    flash("Sending started. Progress updates live below.", "success")
-    return redirect(url_for("campaigns.show", campaign_id=campaign_id), code=303)
+    db.session.expire(campaign)
+    campaign.run_mode = jobs_service.FOREGROUND
+    jobs_service.record(db.session, campaign.id, kind, current_user.username, "web", mode=jobs_service.FOREGROUND)
+    db.session.commit()
+    audit.info("user %s started campaign %s in the foreground", current_user.username, campaign.id, extra={"campaign_id": campaign.id})
+    flash("Sending started in the web app. Progress updates live below.", "success")
+    return redirect(url_for("campaigns.show", campaign_id=campaign.id), code=303)
 
 
 @bp.post("/<int:campaign_id>/pause")

@@ -112,8 +112,8 @@ def _load_batch(session: Session, report: ImportReport, batch: list[ContactRecor
         else:
             report.warnings += 1
 
-    # A warning row yields a record and a problem, so count rows by line.
-    report.rows += len({item.line for item in batch})
+    # Each row yields one record or one rejected/skipped problem; warnings come on top.
+    report.rows += len(records) + sum(1 for problem in problems if problem.kind != "warning")
 
 
 def _key(record: ContactRecord) -> tuple[str, str]:
@@ -134,13 +134,17 @@ def _existing_contacts(session: Session, list_id: int, records: list[ContactReco
     return found
 
 
+# Longer names are cut to the column size (Contact.first_name and last_name).
+NAME_LENGTH = 200
+
+
 def _new_contact(list_id: int, record: ContactRecord) -> Contact:
     return Contact(
         list_id=list_id,
         email=record.email,
         email_key=record.email_key,
-        first_name=record.first_name,
-        last_name=record.last_name,
+        first_name=record.first_name[:NAME_LENGTH],
+        last_name=record.last_name[:NAME_LENGTH],
         phone=record.phone,
         country=record.country,
         attributes=dict(record.attributes),
@@ -150,11 +154,17 @@ def _new_contact(list_id: int, record: ContactRecord) -> Contact:
 def _update_contact(contact: Contact, record: ContactRecord) -> None:
     """Overwrite the contact with the imported values; empty cells keep what was there."""
     contact.email = record.email or contact.email
-    contact.first_name = record.first_name or contact.first_name
-    contact.last_name = record.last_name or contact.last_name
+    contact.first_name = record.first_name[:NAME_LENGTH] or contact.first_name
+    contact.last_name = record.last_name[:NAME_LENGTH] or contact.last_name
     contact.phone = record.phone or contact.phone
     contact.country = record.country or contact.country
     contact.attributes = {**(contact.attributes or {}), **record.attributes}
+
+
+def fail_report(engine: Engine, report_id: int, error: str) -> None:
+    """Close a report as failed after an error outside the import's own checks."""
+    with Session(engine) as session:
+        _fail(session, session.get(ImportReport, report_id), error)
 
 
 def _fail(session: Session, report: ImportReport, error: str) -> ImportReport:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import threading
 import uuid
 from pathlib import Path
@@ -11,11 +12,12 @@ from sqlalchemy import func, or_, select
 
 from messagehub.auth.access import role_required
 from messagehub.contacts.forms import ImportForm, ListForm
-from messagehub.contacts.loading import load_file, start_report
+from messagehub.contacts.loading import fail_report, load_file, start_report
 from messagehub.extensions import db
 from messagehub.models import Contact, ContactList, ImportProblem, ImportReport, Role
 
 bp = Blueprint("contacts", __name__, url_prefix="/contacts")
+log = logging.getLogger("messagehub.web")
 
 PAGE_SIZE = 50
 
@@ -109,6 +111,11 @@ def _save_upload(upload) -> Path:
 def _import_and_clean_up(engine, report_id: int, path: Path, country: str | None) -> None:
     try:
         load_file(engine, report_id, path, country)
+    except Exception:
+        # A thread has nobody to raise to: log it and close the report, so the
+        # page stops showing a running import.
+        log.exception("error importing upload %s into report %s", path.name, report_id)
+        fail_report(engine, report_id, "The import stopped on an unexpected error; it was logged for the administrator.")
     finally:
         path.unlink(missing_ok=True)
 

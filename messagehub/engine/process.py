@@ -7,17 +7,23 @@ import logging
 import signal
 import sys
 import threading
+import time
 from typing import Callable
 
 from messagehub.config import load_config
 from messagehub.database import create_db_engine
 from messagehub.delivery_settings import SenderNotConfigured, open_sender
 from messagehub.engine import status as campaign_status
+from messagehub.engine.journal import campaign_log_handler
 from messagehub.engine.runner import CampaignRunner, EngineSettings, RunOutcome
 from messagehub.engine.sqlstore import SqlCampaignStore
 from messagehub.engine.store import Progress
+from messagehub.engine.systemd_notify import Notifier, status_text
 
 log = logging.getLogger("messagehub.processor")
+
+# SYSLOG_IDENTIFIER of the engine's journal entries (`journalctl -t messagehub-campaign`).
+SYSLOG_IDENTIFIER = "messagehub-campaign"
 
 # Exit statuses. An unexpected error exits 1, so a supervisor restarts the
 # run. A campaign that failed for good (a template error, say) exits 3, which
@@ -47,49 +53,98 @@ def build_runner(
     config: dict,
     stop: threading.Event,
     on_progress: Callable[[Progress], None] | None = None,
+    heartbeat: Callable[[], None] | None = None,
 ) -> CampaignRunner:
     """Wire store, sender and settings for one campaign."""
     engine = create_db_engine(config["SQLALCHEMY_DATABASE_URI"])
     store = SqlCampaignStore(engine)
     spec = store.load_campaign(campaign_id)
     sender = open_sender(spec.delivery_method, engine, config, campaign_id)
-    return CampaignRunner(store, sender, engine_settings(config), stop=stop, on_progress=on_progress)
+    return CampaignRunner(
+        store,
+        sender,
+        engine_settings(config),
+        stop=stop,
+        on_progress=on_progress,
+        heartbeat=_with_liveness(store, campaign_id, heartbeat),
+    )
 
 
-def install_stop_handlers(stop: threading.Event) -> None:
+# Seconds between two liveness marks in the database; the web app treats a
+# running campaign whose mark is six times older as interrupted.
+LIVENESS_INTERVAL = 5.0
+
+
+def _with_liveness(
+    store: SqlCampaignStore, campaign_id: int, heartbeat: Callable[[], None] | None
+) -> Callable[[], None]:
+    """Wrap ``heartbeat`` so that it also marks the campaign alive, at most every few seconds."""
+    last = [time.monotonic()]
+
+    def beat() -> None:
+        if time.monotonic() - last[0] >= LIVENESS_INTERVAL:
+            store.touch(campaign_id)
+            last[0] = time.monotonic()
+        if heartbeat is not None:
+            heartbeat()
+
+    return beat
+
+
+def install_stop_handlers(stop: threading.Event, notifier: Notifier | None = None) -> None:
     """Make SIGTERM and SIGINT finish the message in flight, then stop the run."""
 
     def request_stop(signum, frame):
         log.info("received %s, stopping after the message in flight", signal.Signals(signum).name)
         stop.set()
+        if notifier is not None:
+            notifier.stopping()
 
     signal.signal(signal.SIGTERM, request_stop)
     signal.signal(signal.SIGINT, request_stop)
 
 
-def configure_logging(level: str) -> None:
-    """Log to stderr, one line per event, with the campaign id when there is one."""
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(_CampaignFormatter("%(levelname)s %(name)s: %(message)s"))
+def configure_logging(level: str, campaign_id: int | None = None) -> None:
+    """Log to the journal when stderr is connected to it, else to stderr, tagging every record with the campaign."""
     root = logging.getLogger()
-    root.addHandler(handler)
+    root.addHandler(campaign_log_handler(campaign_id, SYSLOG_IDENTIFIER))
     root.setLevel(level)
 
 
-class _CampaignFormatter(logging.Formatter):
-    def format(self, record: logging.LogRecord) -> str:
-        line = super().format(record)
-        campaign_id = getattr(record, "campaign_id", None)
-        return f"{line} [campaign={campaign_id}]" if campaign_id is not None else line
+def notifying_progress(
+    notifier: Notifier, on_progress: Callable[[Progress], None] | None = None
+) -> Callable[[Progress], None]:
+    """Return an ``on_progress`` callback that reports readiness and progress to systemd, then calls ``on_progress``."""
+
+    def report(progress: Progress) -> None:
+        # The runner reports progress for the first time after start_run and
+        # the settlement of in-doubt deliveries: that is when start-up is over.
+        notifier.ready()
+        notifier.progress(progress)
+        if on_progress is not None:
+            on_progress(progress)
+
+    return report
 
 
 def run_campaign(
-    campaign_id: int, config: dict, on_progress: Callable[[Progress], None] | None = None
+    campaign_id: int,
+    config: dict,
+    on_progress: Callable[[Progress], None] | None = None,
+    notifier: Notifier | None = None,
 ) -> RunOutcome:
-    """Run one campaign to its end in this process, stopping cleanly on SIGTERM."""
+    """Run one campaign to its end in this process, stopping cleanly on SIGTERM.
+
+    With ``notifier`` the run tells systemd when it is ready and how far it
+    got, and pings the watchdog while the send loop advances.
+    """
     stop = threading.Event()
-    install_stop_handlers(stop)
-    runner = build_runner(campaign_id, config, stop, on_progress)
+    install_stop_handlers(stop, notifier)
+    heartbeat = None
+    if notifier is not None:
+        on_progress = notifying_progress(notifier, on_progress)
+        heartbeat = notifier.heartbeat
+    runner = build_runner(campaign_id, config, stop, on_progress, heartbeat)
     return runner.run(campaign_id)
 
 
@@ -100,12 +155,23 @@ def main(argv: list[str] | None = None) -> int:
         print("usage: python -m messagehub.engine CAMPAIGN_ID", file=sys.stderr)
         return EXIT_USAGE
 
+    campaign_id = int(argv[0])
     config = load_config()
-    configure_logging(str(config.get("LOG_LEVEL", "INFO")))
+    configure_logging(str(config.get("LOG_LEVEL", "INFO")), campaign_id)
+    notifier = Notifier.from_environment()
     try:
-        outcome = run_campaign(int(argv[0]), config)
+        outcome = run_campaign(campaign_id, config, notifier=notifier)
     except (LookupError, campaign_status.StatusError, SenderNotConfigured) as e:
-        log.error("cannot run campaign %s: %s", argv[0], e, extra={"campaign_id": int(argv[0])})
+        log.error("cannot run campaign %s: %s", campaign_id, e, extra={"campaign_id": campaign_id})
+        report_end(notifier, f"cannot run: {e}")
         return EXIT_USAGE
 
+    report_end(notifier, f"{outcome.status}: {status_text(outcome.progress)}")
     return EXIT_CAMPAIGN_FAILED if outcome.status == campaign_status.FAILED else EXIT_OK
+
+
+def report_end(notifier: Notifier, text: str) -> None:
+    """Leave a final STATUS= text for `systemctl status` and tell systemd the process is stopping."""
+    notifier.status(text)
+    notifier.stopping()
+    notifier.close()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import random
 import threading
+import time
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Callable
@@ -28,6 +29,9 @@ log = logging.getLogger("messagehub.processor")
 # Waits, in seconds, before retrying a provider that is unreachable as a whole.
 # After the last one the campaign pauses with the error, and an operator resumes it.
 UNAVAILABLE_WAITS = (2.0, 5.0, 15.0)
+
+# Longest gap, in seconds, between two ``heartbeat`` calls while the loop waits.
+HEARTBEAT_SLICE = 1.0
 
 
 @dataclass(frozen=True)
@@ -75,6 +79,9 @@ class CampaignRunner:
 
     ``stop`` ends the run after the message in flight; the campaign is then
     paused and can be resumed. ``on_progress`` is called after every message.
+    ``heartbeat`` is called after every message and at least once a second
+    while the loop waits, so a watchdog sees the loop alive; a sender stuck
+    in a call stops the heartbeats.
     """
 
     store: CampaignStore
@@ -82,6 +89,7 @@ class CampaignRunner:
     settings: EngineSettings
     stop: threading.Event = field(default_factory=threading.Event)
     on_progress: Callable[[Progress], None] | None = None
+    heartbeat: Callable[[], None] | None = None
     now: Callable[[], datetime] = utcnow
 
     def __post_init__(self) -> None:
@@ -130,6 +138,7 @@ class CampaignRunner:
     def _settle_in_doubt(self, campaign_id: int) -> None:
         """Resolve deliveries a killed run left between handover and outcome."""
         for item in self.store.in_doubt(campaign_id):
+            self._beat()
             delivered = self.sender.was_delivered(item.message_id)
             self.store.resolve(item.delivery_id, delivered)
             log.warning(
@@ -142,6 +151,7 @@ class CampaignRunner:
     def _send_all(self, spec: CampaignSpec, templates: CampaignTemplates, progress: Progress) -> RunOutcome:
         unavailable_count = 0
         while True:
+            self._beat()
             if self.stop.is_set():
                 return self._pause(spec.id, "stop requested")
             if self.store.current_status(spec.id) != campaign_status.RUNNING:
@@ -166,7 +176,7 @@ class CampaignRunner:
                     "provider unavailable for campaign %s, retrying in %.0f s: %s",
                     spec.id, wait, e.reply, extra={"campaign_id": spec.id},
                 )
-                self.stop.wait(wait)
+                self._wait(wait)
 
         self.store.finish_run(spec.id, campaign_status.FINISHED)
         return RunOutcome(campaign_status.FINISHED, self.store.progress(spec.id))
@@ -183,7 +193,7 @@ class CampaignRunner:
                 "waiting %.1f s for deferred deliveries of campaign %s",
                 delay, campaign_id, extra={"campaign_id": campaign_id},
             )
-            self.stop.wait(delay)
+            self._wait(delay)
 
         return True
 
@@ -194,6 +204,7 @@ class CampaignRunner:
             if self.stop.is_set():
                 return
             outcome = self._deliver(spec, templates, recipient)
+            self._beat()
             if outcome:
                 progress.queued = max(progress.queued - 1, 0)
                 setattr(progress, outcome, getattr(progress, outcome) + 1)
@@ -282,6 +293,24 @@ class CampaignRunner:
         self.store.finish_run(campaign_id, campaign_status.PAUSED, error)
         log.info("paused campaign %s: %s", campaign_id, error or reason, extra={"campaign_id": campaign_id})
         return RunOutcome(campaign_status.PAUSED, self.store.progress(campaign_id), error)
+
+    def _wait(self, seconds: float) -> None:
+        """Wait ``seconds`` or until stop is requested, calling ``heartbeat`` at least once a second."""
+        if self.heartbeat is None:
+            self.stop.wait(seconds)
+            return
+
+        deadline = time.monotonic() + seconds
+        while not self.stop.is_set():
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return
+            self._beat()
+            self.stop.wait(min(remaining, HEARTBEAT_SLICE))
+
+    def _beat(self) -> None:
+        if self.heartbeat is not None:
+            self.heartbeat()
 
     def _report(self, progress: Progress) -> None:
         if self.on_progress is not None:

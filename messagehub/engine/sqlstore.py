@@ -96,6 +96,7 @@ class SqlCampaignStore:
             campaign.status = campaign_status.RUNNING
             campaign.finished_at = None
             campaign.last_error = None
+            campaign.heartbeat_at = utcnow()
 
     def _queue_audience(self, session: Session, campaign: Campaign) -> None:
         """Snapshot the list into delivery rows, in the same transaction as the status change."""
@@ -220,6 +221,13 @@ class SqlCampaignStore:
         progress = Progress(**{status: counts.get(status, 0) for status in (QUEUED, SENDING, SENT, FAILED, SKIPPED)})
         progress.total = sum(counts.values())
         return progress
+
+    def touch(self, campaign_id: int) -> None:
+        """Record that a run of the campaign is alive."""
+        with self.engine.begin() as connection:
+            connection.execute(
+                update(_campaigns).where(_campaigns.c.id == campaign_id).values(heartbeat_at=utcnow())
+            )
 
     def current_status(self, campaign_id: int) -> str:
         with Session(self.engine) as session:

@@ -11,15 +11,6 @@ from messagehub.messages.templating import build_context
 
 
 @pytest.fixture(scope="session")
-def shared_data() -> Path:
-    """Return the shared sample-data folder, which CI clones next to the repository."""
-    path = Path(__file__).resolve().parents[2] / ".." / "shared" / "data"
-    if not path.is_dir():
-        pytest.fail(f"sample data folder not found: {path}")
-    return path
-
-
-@pytest.fixture(scope="session")
 def sample_rows(shared_data: Path) -> list[dict[str, str]]:
     """Return every row of the 10,000-contact sample list, unchanged."""
     with open(shared_data / "contacts-10k.csv", newline="", encoding="utf-8") as file:

@@ -13,15 +13,6 @@ from tests.smtpserver import Certificate, SmtpTestServer, make_self_signed_cert
 
 
 @pytest.fixture(scope="session")
-def shared_data() -> Path:
-    """Return the shared sample-data folder, which CI clones next to the repository."""
-    path = Path(__file__).resolve().parents[2] / ".." / "shared" / "data"
-    if not path.is_dir():
-        pytest.fail(f"sample data folder not found: {path}")
-    return path
-
-
-@pytest.fixture(scope="session")
 def sample_addresses(shared_data: Path) -> list[str]:
     """Return the first 50 plain ASCII addresses of the sample contact list."""
     addresses = []

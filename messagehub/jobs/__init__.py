@@ -1,0 +1,1 @@
+"""Background Jobs: campaign units, their monitor pages and their history."""

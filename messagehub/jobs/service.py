@@ -1,0 +1,202 @@
+"""Background runs: launch, stop, resume and restart through the supervisor, and reconciliation.
+
+Reconciliation compares the database with what the supervisor sees, so a
+campaign marked running whose process is gone never stays "running": it is
+paused with the reason, and its exit goes into the job history.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from datetime import timedelta
+
+from sqlalchemy import Engine, select
+from sqlalchemy.orm import Session
+
+from messagehub.engine import status as campaign_status
+from messagehub.engine.process import LIVENESS_INTERVAL
+from messagehub.engine.sqlstore import SqlCampaignStore
+from messagehub.models import Campaign, JobEvent, utcnow
+from messagehub.supervisor.base import Supervisor, SupervisorError, UnitState, unit_name
+
+log = logging.getLogger("messagehub.web")
+audit = logging.getLogger("messagehub.audit")
+
+BACKGROUND = "background"
+FOREGROUND = "foreground"
+
+# A foreground run whose liveness mark is older than this died with its web
+# process. NOTE: a single SMTP operation blocked for longer than this (the
+# SMTP timeout can be set up to 600 s) would make a live run look dead.
+FOREGROUND_TIMEOUT = timedelta(seconds=12 * LIVENESS_INTERVAL)
+
+# Event kinds of the job history.
+LAUNCH, STOP, RESUME, RESTART, EXIT = "launch", "stop", "resume", "restart", "exit"
+
+
+@dataclass
+class JobRow:
+    """One line of the Background Jobs page: a campaign and its process, if any."""
+
+    campaign: Campaign
+    state: UnitState | None
+
+    @property
+    def unit(self) -> str:
+        return unit_name(self.campaign.id)
+
+    @property
+    def active_state(self) -> str:
+        return self.state.active_state if self.state else "inactive"
+
+    @property
+    def interrupted(self) -> bool:
+        """Tell whether the campaign stopped without finishing and can be resumed."""
+        return self.campaign.status in (campaign_status.PAUSED, campaign_status.FAILED) and bool(self.campaign.last_error)
+
+
+def record(session: Session, campaign_id: int, kind: str, actor: str, supervisor: str = "", **fields) -> JobEvent:
+    """Add an entry to the campaign's job history; the caller commits."""
+    event = JobEvent(campaign_id=campaign_id, kind=kind, actor=actor, supervisor=supervisor, **fields)
+    session.add(event)
+    return event
+
+
+def launch_background(engine: Engine, session: Session, supervisor: Supervisor, campaign: Campaign, actor: str) -> None:
+    """Mark the campaign running and start its unit; on failure pause it with the reason.
+
+    :raises SupervisorError: the supervisor refused or failed; the campaign is paused.
+    """
+    kind = LAUNCH if campaign.started_at is None else RESUME
+    store = SqlCampaignStore(engine)
+    store.start_run(campaign.id)
+    session.expire(campaign)
+
+    try:
+        supervisor.launch(campaign.id)
+    except SupervisorError as e:
+        log.error(
+            "error starting %s for campaign %s: %s", unit_name(campaign.id), campaign.id, e,
+            extra={"campaign_id": campaign.id},
+        )
+        store.finish_run(campaign.id, campaign_status.PAUSED, f"Could not start the background run: {e}")
+        raise
+
+    campaign.run_mode = BACKGROUND
+    record(session, campaign.id, kind, actor, supervisor.name, mode=BACKGROUND)
+    session.commit()
+    audit.info("user %s %sed campaign %s in the background", actor, kind, campaign.id, extra={"campaign_id": campaign.id})
+
+
+def stop(session: Session, supervisor: Supervisor, campaign: Campaign, actor: str) -> None:
+    """Ask the campaign's process to stop after the message in flight; the engine then pauses it."""
+    supervisor.stop(campaign.id)
+    record(session, campaign.id, STOP, actor, supervisor.name)
+    session.commit()
+    audit.info("user %s stopped campaign %s", actor, campaign.id, extra={"campaign_id": campaign.id})
+
+
+def restart(session: Session, supervisor: Supervisor, campaign: Campaign, actor: str) -> None:
+    """Restart the campaign's process; the new run resumes where the old one stopped."""
+    supervisor.restart(campaign.id)
+    record(session, campaign.id, RESTART, actor, supervisor.name)
+    session.commit()
+    audit.info("user %s restarted campaign %s", actor, campaign.id, extra={"campaign_id": campaign.id})
+
+
+def job_rows(session: Session, supervisor: Supervisor) -> list[JobRow]:
+    """Reconcile, then return every campaign that has a unit or ran in the background."""
+    states = {state.campaign_id: state for state in _states(supervisor)}
+    reconcile(session, supervisor, states)
+
+    query = select(Campaign).where(
+        (Campaign.id.in_(states)) | (Campaign.run_mode == BACKGROUND) | (Campaign.status == campaign_status.RUNNING)
+    )
+    campaigns = session.execute(query.order_by(Campaign.id.desc())).scalars().all()
+    return [JobRow(campaign, states.get(campaign.id)) for campaign in campaigns]
+
+
+def _states(supervisor: Supervisor) -> list[UnitState]:
+    try:
+        return supervisor.states()
+    except SupervisorError as e:
+        log.warning("error listing campaign units: %s", e)
+        return []
+
+
+def reconcile(session: Session, supervisor: Supervisor, states: dict[int, UnitState] | None = None) -> int:
+    """Pause campaigns marked running whose run is gone, and record their exit; return how many."""
+    if states is None:
+        states = {state.campaign_id: state for state in _states(supervisor)}
+
+    running = session.execute(select(Campaign).where(Campaign.status == campaign_status.RUNNING)).scalars().all()
+    changed = 0
+    for campaign in running:
+        reason = _why_not_running(campaign, states.get(campaign.id))
+        if reason is None:
+            continue
+        _mark_interrupted(campaign, reason)
+        changed += 1
+
+    _record_exits(session, supervisor, states)
+    if changed:
+        session.commit()
+    return changed
+
+
+def _why_not_running(campaign: Campaign, state: UnitState | None) -> str | None:
+    """Return why a campaign marked running has no live run, or None if it has one."""
+    if campaign.run_mode == FOREGROUND or campaign.run_mode is None:
+        heartbeat = campaign.heartbeat_at
+        if heartbeat is not None and utcnow() - heartbeat <= FOREGROUND_TIMEOUT:
+            return None
+        return "Interrupted: the web app process sending this campaign stopped. Resume to carry on."
+
+    if state is not None and state.is_running:
+        return None
+    if state is None:
+        return "Interrupted: the campaign's process is gone. Resume to carry on where it stopped."
+    result = state.result or state.sub_state
+    status = f", exit status {state.exit_status}" if state.exit_status is not None else ""
+    return f"Interrupted: {state.unit} ended ({result}{status}) after {state.restarts} restarts. See its log below."
+
+
+def _mark_interrupted(campaign: Campaign, reason: str) -> None:
+    campaign_status.check_transition(campaign.id, campaign.status, campaign_status.PAUSED)
+    campaign.status = campaign_status.PAUSED
+    campaign.last_error = reason
+    log.warning("campaign %s was marked running but has no live run: %s", campaign.id, reason, extra={"campaign_id": campaign.id})
+
+
+def _record_exits(session: Session, supervisor: Supervisor, states: dict[int, UnitState]) -> None:
+    """Add an "exit" history entry for each background run that ended since its last start."""
+    last_events = _last_events(session)
+    for campaign_id, event in last_events.items():
+        if event.kind not in (LAUNCH, RESUME, RESTART, STOP) or event.mode == FOREGROUND:
+            continue
+        state = states.get(campaign_id)
+        if state is not None and state.is_running:
+            continue
+        record(
+            session,
+            campaign_id,
+            EXIT,
+            "system",
+            supervisor.name,
+            exit_status=state.exit_status if state else None,
+            restarts=state.restarts if state else None,
+            detail=(state.result or state.sub_state) if state else "process gone",
+        )
+    session.commit()
+
+
+def _last_events(session: Session) -> dict[int, JobEvent]:
+    latest = select(JobEvent.campaign_id, JobEvent.id).order_by(JobEvent.campaign_id, JobEvent.id.desc())
+    seen: dict[int, int] = {}
+    for campaign_id, event_id in session.execute(latest):
+        seen.setdefault(campaign_id, event_id)
+    if not seen:
+        return {}
+    events = session.execute(select(JobEvent).where(JobEvent.id.in_(seen.values()))).scalars()
+    return {event.campaign_id: event for event in events}

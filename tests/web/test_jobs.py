@@ -1,0 +1,133 @@
+"""Background runs through the web app with the plain-process supervisor."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from messagehub.extensions import db
+from messagehub.models import Campaign, JobEvent
+from tests import factories
+from tests.conftest import make_app
+
+
+@pytest.fixture
+def process_app(instance_path):
+    """The app with SUPERVISOR forced to plain processes, users created, CSRF off."""
+    from messagehub.auth.passwords import create_user
+    from tests.conftest import PASSWORD
+
+    app = make_app(instance_path, WTF_CSRF_ENABLED=False, SUPERVISOR="process")
+    with app.app_context():
+        create_user(db.session, "operator", PASSWORD, "operator")
+        db.session.commit()
+    yield app
+    with app.app_context():
+        db.engine.dispose()
+
+
+@pytest.fixture
+def logged_in(process_app):
+    from tests.conftest import AuthActions
+
+    client = process_app.test_client()
+    AuthActions(client).login()
+    return client
+
+
+def wait_for_status(app, campaign_id: int, wanted: str, timeout: float = 60) -> Campaign:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        campaign = factories.campaign(app, campaign_id)
+        if campaign.status == wanted:
+            return campaign
+        time.sleep(0.1)
+    pytest.fail(f"campaign {campaign_id} did not reach {wanted!r}; it is {campaign.status!r}")
+
+
+def history(app, campaign_id: int) -> list[str]:
+    with app.app_context():
+        events = db.session.execute(
+            db.select(JobEvent.kind).where(JobEvent.campaign_id == campaign_id).order_by(JobEvent.id)
+        ).scalars()
+        return list(events)
+
+
+def wait_for_exit(app, client, campaign_id: int, timeout: float = 30) -> str:
+    """Refresh the monitor page, as the browser does, until the job history has the run's exit."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        page = client.get(f"/jobs/{campaign_id}").get_data(as_text=True)
+        if history(app, campaign_id)[-1] == "exit":
+            return page
+        time.sleep(0.1)
+    pytest.fail(f"no exit recorded for campaign {campaign_id}: {history(app, campaign_id)}")
+
+
+def outbox_campaign(app, count: int) -> int:
+    contacts = [{"email": f"p{i}@example.com", "first_name": f"P{i}"} for i in range(count)]
+    return factories.make_campaign(app, factories.make_list(app, contacts), delivery_method="outbox")
+
+
+def test_background_launch_runs_to_end(process_app, logged_in, instance_path):
+    campaign_id = outbox_campaign(process_app, 30)
+
+    response = logged_in.post(f"/campaigns/{campaign_id}/launch", data={"mode": "background"})
+
+    assert response.status_code == 303
+    assert response.headers["Location"] == f"/jobs/{campaign_id}"
+    wait_for_status(process_app, campaign_id, "finished")
+    page = wait_for_exit(process_app, logged_in, campaign_id)
+
+    assert len(list((instance_path / "outbox").rglob("*.eml"))) == 30
+    assert "finished campaign" in page
+    assert history(process_app, campaign_id) == ["launch", "exit"]
+
+
+def test_jobs_page_lists_unit(process_app, logged_in):
+    campaign_id = outbox_campaign(process_app, 5)
+    logged_in.post(f"/campaigns/{campaign_id}/launch", data={"mode": "background"})
+
+    rows = logged_in.get("/jobs/", headers={"HX-Request": "true"}).get_data(as_text=True)
+
+    assert f'data-campaign="{campaign_id}"' in rows
+    assert f"messagehub-campaign@{campaign_id}.service" in rows
+
+
+def test_stop_then_resume(process_app, logged_in, shared_data, instance_path):
+    report = factories.import_file(process_app, shared_data / "contacts-10k.csv")
+    campaign_id = factories.make_campaign(process_app, report.list_id, delivery_method="outbox")
+    logged_in.post(f"/campaigns/{campaign_id}/launch", data={"mode": "background"})
+    outbox = instance_path / "outbox"
+    deadline = time.monotonic() + 60
+    while len(list(outbox.rglob("*.eml"))) < 200 and time.monotonic() < deadline:
+        time.sleep(0.05)
+
+    logged_in.post(f"/jobs/{campaign_id}/stop")
+    paused = wait_for_status(process_app, campaign_id, "paused")
+    wait_for_exit(process_app, logged_in, campaign_id)
+    logged_in.post(f"/jobs/{campaign_id}/resume")
+    finished = wait_for_status(process_app, campaign_id, "finished", timeout=300)
+
+    assert 0 < paused.sent < finished.sent
+    files = list(outbox.rglob("*.eml"))
+    assert len(files) == finished.sent
+    assert len({f.name for f in files}) == len(files)
+    assert history(process_app, campaign_id)[:3] == ["launch", "stop", "exit"]
+    assert "resume" in history(process_app, campaign_id)
+
+
+def test_gone_process_shows_interrupted(process_app, logged_in):
+    campaign_id = outbox_campaign(process_app, 3)
+    with process_app.app_context():
+        campaign = db.session.get(Campaign, campaign_id)
+        campaign.status = "running"
+        campaign.run_mode = "background"
+        db.session.commit()
+
+    rows = logged_in.get("/jobs/", headers={"HX-Request": "true"}).get_data(as_text=True)
+
+    assert "interrupted" in rows
+    assert "Resume" in rows
+    assert factories.campaign(process_app, campaign_id).status == "paused"

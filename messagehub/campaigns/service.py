@@ -1,4 +1,4 @@
-"""What the campaign pages and commands do, apart from HTTP: checks, previews, test sends."""
+"""Campaign operations shared by the pages and the command line: checks, previews, test sends."""
 
 from __future__ import annotations
 
@@ -109,8 +109,8 @@ def send_test(engine: Engine, config: dict, campaign: Campaign, contact: Contact
         reply_to=campaign.reply_to,
         to_name="",
         to_email=address,
-        # Delivery id 0 never belongs to a real recipient, so test messages
-        # cannot collide with a campaign's Message-IDs.
+        # Delivery ids start at 1, so id 0 keeps test Message-IDs apart from
+        # the campaign's; the random suffix keeps test sends apart from each other.
         message_id=make_message_id(campaign.id, 0, domain, settings.install_token + secrets.token_hex(4)),
     )
     sender = open_sender(campaign.delivery_method, engine, config)

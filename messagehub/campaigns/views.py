@@ -55,12 +55,12 @@ def _list_choices() -> list[SelectChoice]:
 @bp.get("/")
 def index():
     """List campaigns, optionally filtered by status."""
-    wanted = request.args.get("status", "")
+    selected = request.args.get("status", "")
     query = select(Campaign).order_by(Campaign.id.desc())
-    if wanted in STATUSES:
-        query = query.where(Campaign.status == wanted)
+    if selected in STATUSES:
+        query = query.where(Campaign.status == selected)
     campaigns = db.session.execute(query).scalars().all()
-    return render_template("campaigns/index.html", campaigns=campaigns, statuses=STATUSES, wanted=wanted)
+    return render_template("campaigns/index.html", campaigns=campaigns, statuses=STATUSES, selected=selected)
 
 
 @bp.route("/new", methods=["GET", "POST"])
@@ -165,14 +165,14 @@ def preview(campaign_id: int):
     return render_template(template, campaign=campaign, contact=contact, content=content, error=error)
 
 
-def _chosen_contact(campaign: Campaign, wanted: str) -> Contact | None:
+def _chosen_contact(campaign: Campaign, identifier: str) -> Contact | None:
     """Find a contact of the campaign's list by id or address; the first one if none is named."""
     query = select(Contact).where(Contact.list_id == campaign.list_id, Contact.email.is_not(None))
-    wanted = wanted.strip()
-    if wanted.isdigit():
-        query = query.where(Contact.id == int(wanted))
-    elif wanted:
-        query = query.where(Contact.email_key == wanted.casefold())
+    identifier = identifier.strip()
+    if identifier.isdigit():
+        query = query.where(Contact.id == int(identifier))
+    elif identifier:
+        query = query.where(Contact.email_key == identifier.casefold())
     return db.session.execute(query.order_by(Contact.id).limit(1)).scalar()
 
 
@@ -317,10 +317,10 @@ def _sse(event: str, data: str) -> str:
 def deliveries(campaign_id: int):
     """List the campaign's recipients with each outcome, filtered by status."""
     campaign = _campaign_or_404(campaign_id)
-    wanted = request.args.get("status", "")
+    selected = request.args.get("status", "")
     query = select(Delivery).where(Delivery.campaign_id == campaign_id).order_by(Delivery.id)
-    if wanted:
-        query = query.where(Delivery.status == wanted)
+    if selected:
+        query = query.where(Delivery.status == selected)
     page = db.paginate(query, per_page=100, error_out=False)
-    return render_template("campaigns/deliveries.html", campaign=campaign, page=page, wanted=wanted)
+    return render_template("campaigns/deliveries.html", campaign=campaign, page=page, selected=selected)
 

@@ -1,4 +1,4 @@
-"""The send loop: one campaign, one sender, every recipient exactly once."""
+"""The send loop: one campaign, one sender, each recipient handed over at most once."""
 
 from __future__ import annotations
 
@@ -30,7 +30,7 @@ log = logging.getLogger("messagehub.processor")
 # After the last one the campaign pauses with the error, and an operator resumes it.
 UNAVAILABLE_WAITS = (2.0, 5.0, 15.0)
 
-# Longest gap, in seconds, between two ``heartbeat`` calls while the loop waits.
+# Maximum gap, in seconds, between two ``heartbeat`` calls while the loop waits.
 HEARTBEAT_SLICE = 1.0
 
 
@@ -59,7 +59,7 @@ class EngineSettings:
 
 @dataclass
 class RunOutcome:
-    """How a run ended."""
+    """Outcome of a run: final status, counts and the error, if any."""
 
     status: str
     progress: Progress

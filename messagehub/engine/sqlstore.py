@@ -196,7 +196,7 @@ class SqlCampaignStore:
 
     def mark_deferred(self, delivery_id: int, reply: str, retry_at: datetime, handed_over: bool = False) -> None:
         # A 4xx can come before handover (to RCPT) or after it (to the final
-        # dot); either way the row goes back to queued for a later attempt.
+        # dot). Either way the row goes back to queued for a later attempt.
         previous = SENDING if handed_over else QUEUED
         self._move(delivery_id, previous, QUEUED, reply=reply, retry_at=retry_at, bump=0 if handed_over else 1)
 
@@ -236,8 +236,8 @@ class SqlCampaignStore:
     def finish_run(self, campaign_id: int, status: str, error: str | None = None) -> None:
         with Session(self.engine) as session, session.begin():
             campaign = session.get(Campaign, campaign_id, with_for_update=True)
-            # Someone may have paused it from the web app meanwhile; that wins
-            # over "finished" only while recipients remain.
+            # The web app may have paused it meanwhile. A pause that comes
+            # after the last recipient still ends as "finished".
             if campaign.status != status:
                 campaign_status.check_transition(campaign_id, campaign.status, status)
                 campaign.status = status

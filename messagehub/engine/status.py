@@ -11,11 +11,12 @@ FINISHED = CampaignStatus.FINISHED.value
 FAILED = CampaignStatus.FAILED.value
 
 # Allowed moves. A running campaign may be "started" again: that is a run
-# resuming after its process died.
+# resuming after its process died. A paused campaign may finish when the
+# pause came after its last recipient.
 _ALLOWED = {
     DRAFT: {RUNNING},
     RUNNING: {RUNNING, PAUSED, FINISHED, FAILED},
-    PAUSED: {RUNNING},
+    PAUSED: {RUNNING, FINISHED},
     FAILED: {RUNNING},
     FINISHED: set(),
 }

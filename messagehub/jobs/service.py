@@ -1,8 +1,8 @@
 """Background runs: launch, stop, resume and restart through the supervisor, and reconciliation.
 
-Reconciliation compares the database with what the supervisor sees, so a
-campaign marked running whose process is gone never stays "running": it is
-paused with the reason, and its exit goes into the job history.
+Reconciliation compares the database with the supervisor's view of the
+processes. A campaign marked running whose process is gone is paused with the
+reason, so it never stays "running", and its exit goes into the job history.
 """
 
 from __future__ import annotations

@@ -35,7 +35,7 @@ SMTP_UNIT = "smtp-sink-test.service"
 WEB_UNIT = "messagehub-web.service"
 
 # Big enough that a run lasts a few seconds at the engine's pace (about 400
-# messages a second to the local test server, measured on a 4-core VM), so
+# messages a second to the local test server, measured on a 2-CPU VM), so
 # the tests can stop or kill a unit while it sends.
 LIST_SIZE = 2000
 
@@ -168,7 +168,7 @@ class Deployment:
         return json.loads(result.stdout)
 
     def create_campaign(self, sender: str, name: str) -> int:
-        """Create a campaign of the test list through the web form; its sender tells its messages apart."""
+        """Create a campaign of the test list through the web form; its sender identifies its messages."""
         response = self.web(
             "create-campaign",
             f"name={name}",
@@ -234,7 +234,7 @@ def install(deployment: Deployment, wheelhouse: Path) -> None:
 
 
 def start_web(deployment: Deployment) -> None:
-    """Start the web unit, create the admin and wait until the login page answers."""
+    """Start the web unit, create the admin and wait until the login page responds."""
     deployment.run("systemctl", "start", WEB_UNIT, timeout=60)
     deployment.run(
         "env", f"MESSAGEHUB_INSTANCE_PATH={STATE_DIR}", f"{PREFIX}/venv/bin/messagehub",

@@ -260,15 +260,15 @@ def active_campaign_units(deployment: Deployment) -> set[str]:
     return {line.split()[0] for line in result.stdout.splitlines() if line.strip()}
 
 
-def most_at_once(deployment: Deployment, units: set[str], running: Callable[[], bool], timeout: float) -> int:
-    """Sample the active campaign units until `running` turns false, and return the most seen together."""
-    most = 0
+def max_active_together(deployment: Deployment, units: set[str], running: Callable[[], bool], timeout: float) -> int:
+    """Sample the active campaign units until `running` turns false, and return the maximum seen at once."""
+    maximum = 0
     deadline = time.monotonic() + timeout
     while running() and time.monotonic() < deadline:
-        most = max(most, len(active_campaign_units(deployment) & units))
+        maximum = max(maximum, len(active_campaign_units(deployment) & units))
         time.sleep(0.1)
 
-    return most
+    return maximum
 
 
 def test_three_campaigns_side_by_side(deployment: Deployment) -> None:
@@ -279,7 +279,7 @@ def test_three_campaigns_side_by_side(deployment: Deployment) -> None:
 
     units = {unit_name(campaign_id) for campaign_id in campaign_ids}
     wait_for(lambda: active_campaign_units(deployment) & units, bool, timeout=20, interval=0.05)
-    together = most_at_once(deployment, units, lambda: bool(active_campaign_units(deployment) & units), RUN_TIMEOUT)
+    together = max_active_together(deployment, units, lambda: bool(active_campaign_units(deployment) & units), RUN_TIMEOUT)
     states = [wait_finished(deployment, campaign_id) for campaign_id in campaign_ids]
 
     print(f"\ncampaigns {campaign_ids}: at most {together} units active at once")

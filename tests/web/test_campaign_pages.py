@@ -200,3 +200,20 @@ def test_viewer_cannot_send(app, client, auth):
 
     assert client.post("/campaigns/1/launch", data={"mode": "foreground"}).status_code == 403
     assert "Launch campaign" not in client.get("/campaigns/1").get_data(as_text=True)
+
+
+def test_list_paginates_and_searches(app, client, auth):
+    auth.login()
+    contacts = [{"email": f"p{i:03d}@example.com", "first_name": f"Name{i:03d}"} for i in range(120)]
+    list_id = factories.make_list(app, contacts)
+
+    first = client.get(f"/contacts/{list_id}").get_data(as_text=True)
+    third = client.get(f"/contacts/{list_id}?page=3").get_data(as_text=True)
+    found = client.get(f"/contacts/{list_id}?q=name117").get_data(as_text=True)
+
+    assert "Page 1 of 3" in first
+    assert f"/contacts/{list_id}?page=2" in first
+    assert "p119@example.com" in third
+    assert "p000@example.com" not in third
+    assert "p117@example.com" in found
+    assert "p116@example.com" not in found

@@ -182,7 +182,7 @@ smtp_group = click.Group("smtp", help="Check the SMTP server.")
 @click.option("--from", "sender", default=None, help="Envelope sender of the test message.")
 @with_appcontext
 def smtp_check(test_recipient: str | None, sender: str | None) -> None:
-    """Go through name lookup, connect, TLS, login and a test message; say where it fails."""
+    """Check name lookup, connect, TLS, login and a test message, and report the step that fails."""
     from messagehub.delivery_settings import load_smtp_settings
     from messagehub.providers.diagnostics import check_smtp
     from messagehub.secretbox import SecretUnreadable

@@ -17,8 +17,8 @@ ENV_PREFIX = "MESSAGEHUB_"
 # Name of the systemd credential holding the secret key (LoadCredential=secret_key:...).
 SECRET_KEY_CREDENTIAL = "secret_key"
 
-# Where instance/ lives unless MESSAGEHUB_INSTANCE_PATH says otherwise: next to
-# the package in a checkout, which is how `make run` and `make install` lay it out.
+# The instance folder when MESSAGEHUB_INSTANCE_PATH is not set: instance/ next
+# to the package, as in a checkout. Installed units set the variable.
 DEFAULT_INSTANCE_PATH = Path(__file__).resolve().parent.parent / "instance"
 
 

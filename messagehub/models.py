@@ -34,8 +34,8 @@ class UTCDateTime(TypeDecorator):
     """A timestamp stored as naive UTC and read back as aware UTC.
 
     SQLite keeps no time zone, so aware values would come back naive there and
-    compare wrongly with ``utcnow()``; storing UTC without zone behaves the same
-    on SQLite and PostgreSQL.
+    compare wrongly with ``utcnow()``. Naive UTC behaves the same on SQLite and
+    PostgreSQL.
     """
 
     impl = DateTime
@@ -57,7 +57,7 @@ class Base(DeclarativeBase):
 
 
 class Role(str, enum.Enum):
-    """What a user may do: admins manage users, operators launch, viewers read."""
+    """Permission level of a user: admins manage users, operators launch, viewers read."""
 
     ADMIN = "admin"
     OPERATOR = "operator"
@@ -120,7 +120,7 @@ class User(Base):
         return str(self.id)
 
     def has_role(self, *roles: Role | str) -> bool:
-        """Tell whether the user holds one of ``roles``; admins hold every role."""
+        """Return whether the user has one of ``roles``; admins have every role."""
         return self.role == Role.ADMIN.value or self.role in {Role(r).value for r in roles}
 
 

@@ -1,4 +1,4 @@
-"""Who may see and do what: login on every page, roles on actions."""
+"""Access rules: a login on every page, a role on every action."""
 
 from __future__ import annotations
 
@@ -41,5 +41,5 @@ def role_required(*roles: Role):
 
 
 def can(*roles: Role | str) -> bool:
-    """Tell templates whether the current user holds one of ``roles``."""
+    """Return whether the current user has one of ``roles``; templates use it to hide buttons."""
     return current_user.is_authenticated and current_user.has_role(*roles)

@@ -200,7 +200,7 @@ def test_stop_pauses_then_resume(deployment: Deployment) -> None:
 
 
 def polkit_attempt(deployment: Deployment, *command: str) -> tuple[int, str]:
-    """Run a command as the messagehub user without asking for a password; return its status and stderr."""
+    """Run a command as the messagehub user without asking for a password, and return its status and stderr."""
     result = deployment.run(*command, user="messagehub", check=False)
     return result.returncode, result.stderr.strip()
 
@@ -232,7 +232,7 @@ def test_polkit_rejects_other_units(deployment: Deployment, command: tuple[str, 
 def test_polkit_allows_campaign_units(first_run: RunObservations, deployment: Deployment) -> None:
     campaign_id = first_run.campaign_id
     stop_status, stop_error = polkit_attempt(deployment, "systemctl", "--no-ask-password", "stop", unit_name(campaign_id))
-    # The campaign has finished, so the engine refuses to send it again (exit status 2):
+    # The campaign has finished, so the engine rejects another run (exit status 2):
     # the unit ran, which shows that polkit let the start through.
     start_status, start_error = polkit_attempt(deployment, "systemctl", "--no-ask-password", "start", unit_name(campaign_id))
     after = deployment.unit(campaign_id)

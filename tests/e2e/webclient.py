@@ -3,7 +3,7 @@
 The container has a private network, so the tests cannot reach the web app
 from the host. They run this file there with the system's python3 instead. It
 uses only the standard library, logs in through the login form, and takes the
-CSRF token of each POST from the page that holds the form, as a browser does.
+CSRF token of each POST from the page that contains the form, as a browser does.
 
     python3 webclient.py --user admin --password PW create-campaign name=News list_id=1 ...
     python3 webclient.py --user admin --password PW post --page /jobs/3 /jobs/3/stop

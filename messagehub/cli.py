@@ -12,7 +12,7 @@ from sqlalchemy import select
 
 from messagehub.auth.passwords import AccountError, create_user, generate_password, has_admin
 from messagehub.extensions import db
-from messagehub.models import Campaign, ContactList, Role
+from messagehub.models import Campaign, ContactList, ImportReport, Role
 
 
 def register_commands(app: Flask) -> None:
@@ -99,8 +99,10 @@ def contacts_import(list_name: str, path: Path, country: str | None) -> None:
             bar.update(current.bytes_done - state["done"])
             state["done"] = current.bytes_done
 
-        report = load_file(db.engine, report.id, path, country.upper() if country else None, advance)
+        report_id = load_file(db.engine, report.id, path, country.upper() if country else None, advance).id
 
+    # load_file worked in a session of its own; read the report back in this one.
+    report = db.session.get(ImportReport, report_id, populate_existing=True)
     _print_report(report)
     if report.status != "finished":
         sys.exit(1)

@@ -147,3 +147,12 @@ def test_login_without_csrf_token_rejected(instance_path):
     response = client.post("/login", data={"username": "operator", "password": PASSWORD})
 
     assert response.status_code == 400
+
+
+def test_contacts_import_command(app, runner, shared_data):
+    result = runner.invoke(args=["contacts", "import", "From terminal", str(shared_data / "contacts-latin-cp1252.csv")])
+
+    assert result.exit_code == 0, result.output
+    assert "\nfinished: " in result.output
+    assert "rejected" in result.output
+    assert "  line " in result.output

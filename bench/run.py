@@ -1,0 +1,304 @@
+"""Run every MessageHub benchmark in one go and print one table (``make bench``).
+
+Figures, each the median of several runs in this same invocation, so the
+ratios compare runs that shared the machine's load:
+
+  ceiling     Postfix smtp-source into smtp-sink, 8 persistent sessions
+  naive       Python smtplib, one connection and one EmailMessage per message
+  messagehub  the campaign engine sending a personalised multipart campaign
+  peak RSS    of the engine process for 10,000 and 100,000 recipients
+  import      bench/import_csv.py on a generated file
+
+BENCH_FULL=1 adds 1,000,000 recipients and a 1,000,000-row import, and lets
+every peak-RSS run finish however long it takes. The table also goes to
+bench/results/latest.md, with the date and the machine.
+
+    .venv/bin/python bench/run.py [--recipients N] [--runs N]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import re
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from smtp_throughput import (  # noqa: E402 - the sibling module is found through the path set above
+    CEILING_SESSIONS,
+    MESSAGE_BYTES,
+    Measurement,
+    SmtpSink,
+    campaign_message_bytes,
+    measure_engine,
+    naive_message,
+    run_ceiling,
+    run_naive,
+)
+
+BENCH_DIR = Path(__file__).resolve().parent
+DEFAULT_OUTPUT = BENCH_DIR / "results" / "latest.md"
+
+IMPORT_LINE = re.compile(r"^\s*import:\s+([\d.]+) s\s+([\d,]+) rows/s", re.MULTILINE)
+IMPORT_PEAK_LINE = re.compile(r"peak resident memory of the process: (\d+) MiB")
+
+
+@dataclass
+class Figure:
+    """One row of the table: a name, the value of every run and how to compare it."""
+
+    name: str
+    unit: str
+    values: list[float]
+    is_rate: bool = False
+    note: str = ""
+
+    @property
+    def median(self) -> float:
+        """Return the median over the runs."""
+        return statistics.median(self.values)
+
+
+@dataclass
+class Report:
+    """The figures of one invocation with the facts needed to read them."""
+
+    figures: list[Figure] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+
+def parse_arguments() -> argparse.Namespace:
+    """Read the command line; BENCH_FULL=1 in the environment enlarges the defaults."""
+    full = os.environ.get("BENCH_FULL") == "1"
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--recipients", type=int, default=20_000, help="recipients of the throughput campaign (default 20000)")
+    parser.add_argument("--runs", type=int, default=5, help="runs of the ceiling and the naive sender (default 5)")
+    parser.add_argument("--engine-runs", type=int, default=3, help="runs of the throughput campaign (default 3)")
+    parser.add_argument("--ceiling-messages", type=int, default=20_000, help="messages per smtp-source run (default 20000)")
+    parser.add_argument("--naive-messages", type=int, default=2_000, help="messages per naive run (default 2000)")
+    parser.add_argument(
+        "--rss-recipients",
+        type=int,
+        nargs="+",
+        default=[10_000, 100_000, 1_000_000] if full else [10_000, 100_000],
+        help="campaign sizes whose peak RSS is measured (default 10000 100000, plus 1000000 with BENCH_FULL=1)",
+    )
+    parser.add_argument(
+        "--rss-seconds",
+        type=float,
+        default=0.0 if full else 120.0,
+        help="stop each peak-RSS run after this many seconds, 0 for never (default 120, 0 with BENCH_FULL=1)",
+    )
+    parser.add_argument(
+        "--import-rows",
+        type=int,
+        default=1_000_000 if full else 100_000,
+        help="rows of the import benchmark (default 100000, 1000000 with BENCH_FULL=1)",
+    )
+    parser.add_argument("--import-runs", type=int, default=3, help="runs of the import benchmark (default 3)")
+    parser.add_argument("--output", type=Path, default=DEFAULT_OUTPUT, help="Markdown file for the table (default: %(default)s)")
+
+    return parser.parse_args()
+
+
+def main() -> int:
+    """Measure everything, print the table and write it to the output file."""
+    options = parse_arguments()
+    # SIGTERM (from make or a CI timeout) must unwind through the finally
+    # blocks that stop smtp-sink and the engine, as Ctrl-C does.
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
+
+    started = time.monotonic()
+    load_before = os.getloadavg()
+    report = Report()
+    measure_senders(options, report)
+    measure_import(options, report)
+
+    report.notes.append(
+        f"load average (1 min) {load_before[0]:.2f} at the start, {os.getloadavg()[0]:.2f} at the end; "
+        f"whole run {time.monotonic() - started:.0f} s"
+    )
+    text = render_markdown(report)
+    print(text)
+    options.output.parent.mkdir(parents=True, exist_ok=True)
+    options.output.write_text(text, encoding="utf-8")
+    print(f"written to {options.output}", file=sys.stderr)
+
+    return 0
+
+
+def measure_senders(options: argparse.Namespace, report: Report) -> None:
+    """Run the SMTP senders and the peak-RSS campaigns against one smtp-sink."""
+    with tempfile.TemporaryDirectory(prefix="messagehub-bench-") as directory, SmtpSink(Path(directory)) as sink:
+        work = Path(directory)
+
+        progress(f"ceiling: {options.runs} runs of {options.ceiling_messages} messages")
+        ceiling = [run_ceiling(sink, options.ceiling_messages) for _ in range(options.runs)]
+        progress(f"naive: {options.runs} runs of {options.naive_messages} messages")
+        naive = [run_naive(sink, options.naive_messages) for _ in range(options.runs)]
+        progress(f"messagehub: {options.engine_runs} campaigns of {options.recipients} recipients")
+        engine = [
+            measure_engine(work / f"throughput-{run}", sink, options.recipients) for run in range(options.engine_runs)
+        ]
+
+        report.figures += sender_figures(options, ceiling, naive, engine)
+        report.notes += size_notes(options)
+
+        stop_after = options.rss_seconds or None
+        for recipients in options.rss_recipients:
+            progress(f"peak RSS: one campaign of {recipients} recipients")
+            run = measure_engine(work / f"rss-{recipients}", sink, recipients, stop_after)
+            report.figures.append(rss_figure(recipients, run, stop_after))
+
+
+def progress(text: str) -> None:
+    """Tell the person waiting which step runs now."""
+    print(f"bench: {text}", file=sys.stderr, flush=True)
+
+
+def sender_figures(
+    options: argparse.Namespace, ceiling: list[Measurement], naive: list[Measurement], engine: list[Measurement]
+) -> list[Figure]:
+    """Turn the sender runs into table rows."""
+    return [
+        Figure(
+            f"ceiling: smtp-source, {CEILING_SESSIONS} sessions, {options.ceiling_messages} messages",
+            "msg/s",
+            [run.rate for run in ceiling],
+            is_rate=True,
+        ),
+        Figure(
+            f"naive: smtplib, a connection per message, {options.naive_messages} messages",
+            "msg/s",
+            [run.rate for run in naive],
+            is_rate=True,
+        ),
+        Figure(
+            f"messagehub: engine, 1 session, {options.recipients} recipients",
+            "msg/s",
+            [run.rate for run in engine],
+            is_rate=True,
+            note="launch to exit, start-up included",
+        ),
+        Figure(
+            "messagehub: engine CPU time per message",
+            "ms",
+            [run.cpu_seconds / run.messages * 1000 for run in engine],
+            note="user + system time of the engine process",
+        ),
+    ]
+
+
+def size_notes(options: argparse.Namespace) -> list[str]:
+    """Describe the messages each sender sent, so the rates can be compared fairly."""
+    naive_bytes = len(naive_message(0).as_bytes())
+    return [
+        f"message size: smtp-source {MESSAGE_BYTES} bytes of payload plus its headers, "
+        f"naive {naive_bytes} bytes (text/plain), "
+        f"messagehub {campaign_message_bytes()} bytes (multipart/alternative, text and HTML, personalised)",
+        "the engine uses SQLite (WAL, synchronous=NORMAL) in a temporary folder, freshly migrated for every campaign",
+    ]
+
+
+def rss_figure(recipients: int, run: Measurement, stop_after: float | None) -> Figure:
+    """Turn one peak-RSS run into a table row, saying so when it was stopped early."""
+    if run.complete:
+        note = f"all sent in {run.seconds:.0f} s ({run.rate:.0f} msg/s)"
+    else:
+        note = f"stopped after {stop_after:.0f} s with {run.messages} sent ({run.rate:.0f} msg/s); BENCH_FULL=1 runs it to the end"
+
+    return Figure(f"messagehub: engine peak RSS, {recipients} recipients", "MiB", [run.peak_rss_kib / 1024], note=note)
+
+
+def measure_import(options: argparse.Namespace, report: Report) -> None:
+    """Run bench/import_csv.py and add its import rate and peak memory to the report."""
+    progress(f"import: {options.import_runs} runs of {options.import_rows} rows")
+    rates = []
+    peaks = []
+    for _ in range(options.import_runs):
+        output = subprocess.run(
+            [sys.executable, str(BENCH_DIR / "import_csv.py"), "--rows", str(options.import_rows)],
+            check=True,
+            capture_output=True,
+            text=True,
+        ).stdout
+        rates.append(parse_import_rate(output))
+        peaks.append(float(IMPORT_PEAK_LINE.search(output).group(1)))
+
+    report.figures.append(
+        Figure(f"import: bench/import_csv.py, {options.import_rows} rows", "rows/s", rates, note="the import pass only")
+    )
+    report.figures.append(Figure(f"import: peak RSS, {options.import_rows} rows", "MiB", peaks))
+
+
+def parse_import_rate(output: str) -> float:
+    """Return the rows per second of the import pass, as import_csv.py printed it."""
+    match = IMPORT_LINE.search(output)
+    if match is None:
+        raise RuntimeError(f"no import line in the output of import_csv.py: {output[-1000:]}")
+
+    return float(match.group(2).replace(",", ""))
+
+
+def render_markdown(report: Report) -> str:
+    """Render the machine, the table and the notes as Markdown."""
+    ceiling, naive = (next(f for f in report.figures if f.name.startswith(prefix)) for prefix in ("ceiling", "naive"))
+    lines = [
+        "# MessageHub benchmark",
+        "",
+        *machine_lines(),
+        "",
+        "Other jobs shared this machine during the run, so single runs vary; compare the ratios of one run.",
+        "",
+        "| figure | median | unit | ratio to ceiling | ratio to naive | runs | note |",
+        "| --- | ---: | --- | ---: | ---: | --- | --- |",
+    ]
+    for figure in report.figures:
+        to_ceiling = f"{figure.median / ceiling.median:.3f}" if figure.is_rate else ""
+        to_naive = f"{figure.median / naive.median:.2f}" if figure.is_rate else ""
+        runs = ", ".join(format_value(value) for value in figure.values)
+        lines.append(
+            f"| {figure.name} | {format_value(figure.median)} | {figure.unit} | {to_ceiling} | {to_naive} | {runs} | {figure.note} |"
+        )
+
+    lines += ["", *(f"- {note}" for note in report.notes), ""]
+    return "\n".join(lines)
+
+
+def format_value(value: float) -> str:
+    """Format a figure with precision that suits its size."""
+    return f"{value:,.0f}" if value >= 100 else f"{value:.2f}"
+
+
+def machine_lines() -> list[str]:
+    """Describe when and where the figures were taken."""
+    return [
+        f"- date: {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC",
+        f"- machine: {platform.machine()} (uname -m), {len(os.sched_getaffinity(0))} CPUs (nproc), {cpu_model()}",
+        f"- Python {platform.python_version()}, {platform.system()} {platform.release()}",
+    ]
+
+
+def cpu_model() -> str:
+    """Return the CPU's model name from /proc/cpuinfo, or "unknown CPU"."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return "unknown CPU"
+
+    match = re.search(r"^model name\s*:\s*(.+)$", text, re.MULTILINE)
+    return match.group(1).strip() if match else "unknown CPU"
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -15,8 +15,9 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 # Debian packages the app and its tests need; installed when missing.
 # systemd-container boots the throw-away systemd the integration tests use;
-# libsystemd-dev and pkg-config build pystemd and systemd-python.
-APT_PACKAGES := python3-venv python3-dev systemd-container libsystemd-dev pkg-config
+# libsystemd-dev and pkg-config build pystemd and systemd-python; dbus and
+# polkitd run inside that container.
+APT_PACKAGES := python3-venv python3-dev systemd-container libsystemd-dev pkg-config dbus polkitd
 
 .PHONY: run test setup system-packages migrate admin clean
 
@@ -53,6 +54,25 @@ admin: setup
 
 clean:
 	rm -rf $(VENV) build *.egg-info
+
+# Sending rates against Postfix's smtp-source/smtp-sink, engine memory and import
+# speed, printed and written to bench/results/latest.md (bench/README.md).
+# BENCH_FULL=1 adds the 1,000,000 sizes; BENCH_ARGS passes options to bench/run.py.
+# Only the two Postfix test tools are used: a Postfix daemon that the install
+# started is stopped again.
+.PHONY: bench
+
+bench: setup
+	@if ! test -x /usr/sbin/smtp-sink; then \
+		echo "installing Debian package postfix for smtp-sink and smtp-source"; \
+		if [ "$$(id -u)" -eq 0 ]; then SUDO=; else SUDO=sudo; fi; \
+		$$SUDO apt-get update -q && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -q \
+			--no-install-recommends -o DPkg::Lock::Timeout=300 postfix || exit 1; \
+		if $$SUDO postfix status >/dev/null 2>&1; then \
+			echo "stopping the Postfix daemon that the install started"; $$SUDO postfix stop; \
+		fi; \
+	fi
+	$(BIN)/python bench/run.py $(BENCH_ARGS)
 
 # ---------------------------------------------------------------------------
 # System-wide install under systemd (as root):

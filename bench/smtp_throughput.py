@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import os
 import re
-import resource
 import shutil
 import signal
 import smtplib
@@ -40,6 +39,8 @@ POSTFIX_TOOL_DIRS = ("/usr/sbin", "/usr/lib/postfix/sbin")
 
 # smtp-sink -c rewrites one counter line per event, e.g. "sess=8 quit=8 mesg=20000".
 SINK_COUNTER = re.compile(rb"mesg=(\d+)")
+
+VMHWM_LINE = re.compile(r"^VmHWM:\s+(\d+) kB$", re.MULTILINE)
 
 # Payload of smtp-source and of the naive sender, in bytes, headers not included.
 MESSAGE_BYTES = 2048
@@ -155,7 +156,7 @@ class SmtpSink:
     def start(self) -> None:
         """Start the sink and wait until it accepts connections."""
         command = [postfix_tool("smtp-sink"), "-c"]
-        # smtp-sink refuses to run as root unless told which user to switch to.
+        # smtp-sink(1): -u is required when it runs with super-user privileges.
         if os.geteuid() == 0:
             command += ["-u", "nobody"]
         command += [f"127.0.0.1:{self.port}", "1000"]
@@ -182,7 +183,7 @@ class SmtpSink:
         return int(counts[-1]) if counts else 0
 
     def wait_for_count(self, expected: int, timeout: float = 5.0) -> int:
-        """Wait until the counter reaches ``expected``, because the sink writes it after its reply."""
+        """Wait until the counter reaches ``expected``, since the sink may update it after its reply to the sender."""
         deadline = time.monotonic() + timeout
         count = self.messages()
         while count < expected and time.monotonic() < deadline:
@@ -279,7 +280,7 @@ def prepare_campaign(directory: Path, recipients: int, port: int) -> CampaignIns
 
 
 def _insert_contacts(session, recipients: int) -> int:
-    """Insert a list of synthetic contacts with one executemany, and return the list's id."""
+    """Insert a list of synthetic contacts, one executemany per ``INSERT_CHUNK`` rows, and return the list's id."""
     from sqlalchemy import insert
 
     from messagehub.models import Contact, ContactList
@@ -371,43 +372,71 @@ def run_engine(instance: CampaignInstance, sink: SmtpSink, stop_after: float | N
             stderr=subprocess.STDOUT,
         )
         try:
-            status, usage = wait_with_usage(process, stop_after)
+            usage = wait_with_usage(process, stop_after)
         finally:
             stop_process(process)
         seconds = time.perf_counter() - started
 
     # A SIGTERM that lands after the engine's own handlers are gone (the
     # campaign finished just then) ends the process with -SIGTERM instead of 0.
-    stopped_late = stop_after is not None and status == -signal.SIGTERM
-    if status != 0 and not stopped_late:
-        raise RuntimeError(f"engine exited with status {status}: {log_path.read_text(errors='replace')[-2000:]}")
+    stopped_late = stop_after is not None and usage.status == -signal.SIGTERM
+    if usage.status != 0 and not stopped_late:
+        raise RuntimeError(f"engine exited with status {usage.status}: {log_path.read_text(errors='replace')[-2000:]}")
 
     accepted = sink.wait_for_count(before + instance.recipients, timeout=1.0) - before
     complete = accepted == instance.recipients
     if not complete and stop_after is None:
         raise RuntimeError(f"messagehub engine: smtp-sink accepted {accepted} messages, expected {instance.recipients}")
 
-    cpu_seconds = usage.ru_utime + usage.ru_stime
-    return Measurement(accepted, seconds, usage.ru_maxrss, cpu_seconds, complete)
+    return Measurement(accepted, seconds, usage.peak_rss_kib, usage.cpu_seconds, complete)
 
 
-def wait_with_usage(process: subprocess.Popen, stop_after: float | None) -> tuple[int, resource.struct_rusage]:
-    """Wait for ``process`` and return its exit status and resource usage (``ru_maxrss`` is in KiB on Linux)."""
+@dataclass(frozen=True)
+class ProcessUsage:
+    """Exit status, CPU seconds and peak resident memory of a child process."""
+
+    status: int
+    cpu_seconds: float
+    peak_rss_kib: int
+
+
+def wait_with_usage(process: subprocess.Popen, stop_after: float | None = None) -> ProcessUsage:
+    """Wait for ``process``, polling its peak RSS, and send SIGTERM after ``stop_after`` seconds.
+
+    The peak is VmHWM from /proc, not ``ru_maxrss``: Linux carries the
+    parent's high-water mark over into a child across fork and exec, so
+    ``ru_maxrss`` of a child of this big driver would report the driver's
+    memory. VmHWM is read every 10 ms, so a peak in the last 10 ms of the
+    process's life can be missed.
+    """
     started = time.monotonic()
     stop_sent = False
+    peak_kib = 0
     while time.monotonic() - started < RUN_TIMEOUT_SECONDS:
+        peak_kib = max(peak_kib, read_vmhwm(process.pid))
         pid, wait_status, usage = os.wait4(process.pid, os.WNOHANG)
         if pid == process.pid:
             # Popen never saw this wait, so tell it the process is gone.
             process.returncode = os.waitstatus_to_exitcode(wait_status)
-            return process.returncode, usage
+            return ProcessUsage(process.returncode, usage.ru_utime + usage.ru_stime, peak_kib)
 
         if stop_after is not None and not stop_sent and time.monotonic() - started >= stop_after:
             process.send_signal(signal.SIGTERM)
             stop_sent = True
         time.sleep(0.01)
 
-    raise TimeoutError(f"engine (pid {process.pid}) still running after {RUN_TIMEOUT_SECONDS:.0f} s")
+    raise TimeoutError(f"process {process.pid} ({process.args[0]}) still running after {RUN_TIMEOUT_SECONDS:.0f} s")
+
+
+def read_vmhwm(pid: int) -> int:
+    """Return the process's peak resident set size in KiB, or 0 once it has exited."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return 0
+
+    match = VMHWM_LINE.search(status)
+    return int(match.group(1)) if match else 0
 
 
 def measure_engine(directory: Path, sink: SmtpSink, recipients: int, stop_after: float | None = None) -> Measurement:
@@ -417,7 +446,7 @@ def measure_engine(directory: Path, sink: SmtpSink, recipients: int, stop_after:
     try:
         return run_engine(instance, sink, stop_after)
     finally:
-        # A 100,000-recipient database is some 100 MB; drop it before the next run.
+        # The database grows with the recipients, so drop it before the next run fills the disk further.
         shutil.rmtree(directory, ignore_errors=True)
 
 

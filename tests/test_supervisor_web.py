@@ -11,10 +11,8 @@ from __future__ import annotations
 import collections
 import os
 import signal
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
-from typing import TypeVar
 
 import pytest
 from flask import Flask
@@ -26,23 +24,14 @@ from messagehub.supervisor.choose import choose_supervisor
 from tests import factories
 from tests.conftest import PASSWORD, AuthActions, csrf_token, make_app
 from tests.smtpserver import SmtpTestServer
+from tests.waiting import wait_for
 
-T = TypeVar("T")
 
 LIST_SIZE = 2000
 MID_RUN_SENT = 300
 RUN_TIMEOUT = 90.0
 
 
-def wait_for(read: Callable[[], T], accept: Callable[[T], bool], timeout: float, interval: float = 0.05) -> T:
-    """Call `read` until `accept` returns true for its value or `timeout` seconds pass, and return the last value."""
-    deadline = time.monotonic() + timeout
-    value = read()
-    while not accept(value) and time.monotonic() < deadline:
-        time.sleep(interval)
-        value = read()
-
-    return value
 
 
 @pytest.fixture

@@ -13,17 +13,17 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
-from typing import TypeVar
 
 import pytest
+
+from tests.waiting import wait_for
 
 from tests.e2e.sandbox import SystemdContainer
 
 REPO = Path(__file__).resolve().parents[2]
 WEBCLIENT = REPO / "tests" / "e2e" / "webclient.py"
-T = TypeVar("T")
 
 PREFIX = "/opt/messagehub"
 STATE_DIR = "/var/lib/messagehub"
@@ -79,15 +79,6 @@ with app.app_context():
 '''
 
 
-def wait_for(read: Callable[[], T], accept: Callable[[T], bool], timeout: float, interval: float = 0.2) -> T:
-    """Call `read` until `accept` returns true for its value or `timeout` seconds pass, and return the last value."""
-    deadline = time.monotonic() + timeout
-    value = read()
-    while not accept(value) and time.monotonic() < deadline:
-        time.sleep(interval)
-        value = read()
-
-    return value
 
 
 def require_sandbox() -> None:

@@ -17,7 +17,8 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from tests.e2e.conftest import LIST_SIZE, Deployment, status_line, unit_name, wait_for
+from tests.e2e.conftest import LIST_SIZE, Deployment, status_line, unit_name
+from tests.waiting import wait_for
 
 # A "mid-run" stop or kill waits until this many messages went out, so the
 # run has both sent and unsent recipients when it happens.

@@ -8,16 +8,16 @@ import shutil
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
-from typing import TypeVar
 
 import pytest
 
+from tests.e2e.conftest import require_sandbox
 from tests.e2e.sandbox import ContainerCommandError, SandboxError, SystemdContainer
+from tests.waiting import wait_for
 
 REPO = Path(__file__).resolve().parents[2]
-T = TypeVar("T")
 
 # Prints the errno name of a TCP connect to 192.0.2.1 and the seconds it took. The
 # address is in TEST-NET-1, a block reserved for documentation.
@@ -33,27 +33,8 @@ print(outcome, time.monotonic() - start)
 """
 
 
-def require_sandbox() -> None:
-    """Skip when this machine cannot boot a container, but fail instead under CI."""
-    status = SystemdContainer.available()
-    if status:
-        return
-
-    if os.environ.get("CI"):
-        pytest.fail(f"CI must run the systemd container tests: {status.reason}")
-
-    pytest.skip(status.reason)
 
 
-def wait_for(read: Callable[[], T], accept: Callable[[T], bool], timeout: float = 10.0) -> T:
-    """Call `read` until `accept` returns true for its value or `timeout` seconds pass, and return the last value."""
-    deadline = time.monotonic() + timeout
-    value = read()
-    while not accept(value) and time.monotonic() < deadline:
-        time.sleep(0.1)
-        value = read()
-
-    return value
 
 
 def project_binds(*extra: Path) -> list[Path]:

@@ -10,9 +10,9 @@ from flask import Flask, current_app
 from flask.cli import FlaskGroup, with_appcontext
 from sqlalchemy import select
 
-from messagehub.auth.passwords import AccountError, create_user, generate_password, has_admin
+from messagehub.auth.passwords import AccountError, create_user, generate_password, has_admin, set_password
 from messagehub.extensions import db
-from messagehub.models import Campaign, ContactList, ImportReport, Role
+from messagehub.models import Campaign, ContactList, ImportReport, Role, User
 
 
 def register_commands(app: Flask) -> None:
@@ -68,6 +68,22 @@ def user_ensure_admin(username: str) -> None:
         f"\nCreated the first admin account.\n  user name: {username}\n  one-time password: {password}\n"
         "You will choose your own password at the first login. This is shown only once.\n"
     )
+
+
+@user_group.command("reset-password")
+@click.argument("username")
+@with_appcontext
+def user_reset_password(username: str) -> None:
+    """Give a user a new one-time password, to be changed at the next login."""
+    user = db.session.execute(select(User).where(User.username == username)).scalar()
+    if user is None:
+        raise click.ClickException(f"User {username!r} not found.")
+
+    password = generate_password()
+    set_password(user, password)
+    user.must_change_password = True
+    db.session.commit()
+    click.echo(f"New one-time password for {username}: {password}\nIt must be changed at the next login.")
 
 
 # ---- contacts ------------------------------------------------------------------

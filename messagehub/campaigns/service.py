@@ -17,7 +17,7 @@ from messagehub.messages.templating import (
     AudienceCheck,
     CampaignTemplates,
     RenderedContent,
-    TemplateSyntaxProblem,
+    TemplateProblem,
     check_audience,
 )
 from messagehub.models import Campaign, Contact
@@ -35,7 +35,7 @@ def contact_label(contact: Contact) -> str:
 
 
 def compile_templates(campaign: Campaign) -> CampaignTemplates:
-    """Compile the campaign's subject and bodies; raises TemplateSyntaxProblem."""
+    """Compile the campaign's subject and bodies; raises TemplateSyntaxProblem, a TemplateProblem."""
     return CampaignTemplates.compile(campaign.subject, campaign.text_body, campaign.html_body)
 
 
@@ -73,7 +73,7 @@ def launch_problem(session: Session, campaign: Campaign, running_here: bool = Fa
 
     try:
         result = check_campaign(session, campaign)
-    except TemplateSyntaxProblem as e:
+    except TemplateProblem as e:
         return str(e)
     if result.total == 0:
         return "The list has no contact with an email address to send to."

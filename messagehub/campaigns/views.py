@@ -28,7 +28,7 @@ from messagehub.delivery_settings import SenderNotConfigured
 from messagehub.engine import status as campaign_status
 from messagehub.extensions import db
 from messagehub.jobs import service as jobs_service
-from messagehub.messages.templating import CampaignTemplates, MissingFields, TemplateSyntaxProblem
+from messagehub.messages.templating import CampaignTemplates, MissingFields, TemplateProblem, TemplateSyntaxProblem
 from messagehub.models import Campaign, CampaignStatus, Contact, ContactList, Delivery, Role
 from messagehub.providers.base import SendError
 from messagehub.supervisor.base import SupervisorError
@@ -111,8 +111,12 @@ def _templates_compile(form: CampaignForm) -> bool:
     return True
 
 
+# Fields a campaign's form edits and a duplicate copies, besides the name.
+_CONTENT_FIELDS = ("list_id", "subject", "from_name", "from_email", "reply_to", "text_body", "html_body", "delivery_method")
+
+
 def _fill(campaign: Campaign, form: CampaignForm) -> None:
-    for name in ("name", "list_id", "subject", "from_name", "from_email", "reply_to", "text_body", "html_body", "delivery_method"):
+    for name in ("name", *_CONTENT_FIELDS):
         value = getattr(form, name).data
         setattr(campaign, name, value.strip() if isinstance(value, str) and name not in ("text_body", "html_body") else value)
 
@@ -141,7 +145,7 @@ def check(campaign_id: int):
     campaign = _campaign_or_404(campaign_id)
     try:
         result = service.check_campaign(db.session, campaign)
-    except TemplateSyntaxProblem as e:
+    except TemplateProblem as e:
         return render_template("campaigns/_check.html", error=str(e), result=None)
     return render_template("campaigns/_check.html", error=None, result=result)
 
@@ -159,7 +163,7 @@ def preview(campaign_id: int):
             content = service.preview(campaign, contact)
         except MissingFields as e:
             error = f"This contact lacks {', '.join(sorted(e.fields))}; add the field or give the template a default."
-        except TemplateSyntaxProblem as e:
+        except TemplateProblem as e:
             error = str(e)
     template = "campaigns/_preview.html" if request.headers.get("HX-Request") else "campaigns/preview.html"
     return render_template(template, campaign=campaign, contact=contact, content=content, error=error)
@@ -191,7 +195,7 @@ def test_send(campaign_id: int):
     contact = _chosen_contact(campaign, form.contact_id.data or "")
     try:
         result = service.send_test(db.engine, current_app.config, campaign, contact, form.address.data)
-    except (MissingFields, TemplateSyntaxProblem, SenderNotConfigured, SendError, ValueError) as e:
+    except (MissingFields, TemplateProblem, SenderNotConfigured, SendError, ValueError) as e:
         log.warning("error sending a test of campaign %s: %s", campaign_id, e, extra={"campaign_id": campaign_id})
         flash(f"Test message not sent: {_plain_error(e)}", "error")
     else:
@@ -273,8 +277,23 @@ def pause(campaign_id: int):
     db.session.commit()
     foreground.stop(campaign_id)
     audit.info("user %s paused campaign %s", current_user.username, campaign_id, extra={"campaign_id": campaign_id})
-    flash("Campaign paused. Send it again to resume where it stopped.", "success")
+    flash("Pausing: the run stops within a second, after the message in flight. Resume it to carry on where it stopped.", "success")
     return redirect(url_for("campaigns.show", campaign_id=campaign_id), code=303)
+
+
+@bp.post("/<int:campaign_id>/duplicate")
+@role_required(Role.OPERATOR)
+def duplicate(campaign_id: int):
+    """Create a draft with the same content and list, to send a campaign again."""
+    original = _campaign_or_404(campaign_id)
+    copy = Campaign(name=f"Copy of {original.name}"[:200])
+    for name in _CONTENT_FIELDS:
+        setattr(copy, name, getattr(original, name))
+    db.session.add(copy)
+    db.session.commit()
+    audit.info("user %s duplicated campaign %s as %s", current_user.username, campaign_id, copy.id, extra={"campaign_id": copy.id})
+    flash(f"Draft created from “{original.name}”. Check it, then launch it.", "success")
+    return redirect(url_for("campaigns.edit", campaign_id=copy.id), code=303)
 
 
 @bp.get("/<int:campaign_id>/progress")

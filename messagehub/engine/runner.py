@@ -26,6 +26,9 @@ from messagehub.providers.base import (
 
 log = logging.getLogger("messagehub.processor")
 
+# Seconds between two reads of the campaign's stored status during a batch.
+STATUS_CHECK_INTERVAL = 1.0
+
 # Waits, in seconds, before retrying a provider that is unreachable as a whole.
 # After the last one the campaign pauses with the error, and an operator resumes it.
 UNAVAILABLE_WAITS = (2.0, 5.0, 15.0)
@@ -200,9 +203,16 @@ class CampaignRunner:
     def _send_batch(
         self, spec: CampaignSpec, templates: CampaignTemplates, batch: list[Recipient], progress: Progress
     ) -> None:
+        checked_at = time.monotonic()
         for recipient in batch:
             if self.stop.is_set():
                 return
+            # A pause from the web app may come from another process: look at
+            # the stored status once a second, not only between batches.
+            if time.monotonic() - checked_at >= STATUS_CHECK_INTERVAL:
+                checked_at = time.monotonic()
+                if self.store.current_status(spec.id) != campaign_status.RUNNING:
+                    return
             outcome = self._deliver(spec, templates, recipient)
             self._beat()
             if outcome:

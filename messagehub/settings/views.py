@@ -70,7 +70,9 @@ def check_smtp_view():
     """Go through name lookup, connect, TLS, login and a test message, and show each step."""
     settings, error = _stored_settings()
     check_form = SmtpCheckForm()
-    form = SmtpForm(obj=settings) if settings else SmtpForm()
+    # formdata=None: the posted form is the check form, so the settings form
+    # must show the stored values, not read its own fields from that post.
+    form = SmtpForm(formdata=None, obj=settings) if settings else SmtpForm(formdata=None)
     form.password.data = ""
     if error or settings is None:
         flash(error or "Save the SMTP settings first.", "error")

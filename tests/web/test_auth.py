@@ -156,3 +156,27 @@ def test_contacts_import_command(app, runner, shared_data):
     assert "\nfinished: " in result.output
     assert "rejected" in result.output
     assert "  line " in result.output
+
+
+def test_reset_password_command(app, runner, client, auth):
+    result = runner.invoke(args=["user", "reset-password", "operator"])
+    password = result.output.split("operator: ")[1].split()[0]
+
+    auth.login("operator", password)
+
+    assert result.exit_code == 0
+    assert client.get("/").headers["Location"] == "/account/password"
+
+
+def test_smtp_check_keeps_stored_form_values(app, client, auth):
+    from messagehub.delivery_settings import load_smtp_settings
+    from tests import factories
+
+    factories.use_smtp_server(app, 9)  # nothing listens on the discard port of 127.0.0.1
+    auth.login("admin")
+
+    page = client.post("/settings/smtp/check", data={"test_recipient": "", "sender": ""}).get_data(as_text=True)
+
+    assert 'id="verify_tls" name="verify_tls" type="checkbox" value="y" checked' in page or 'checked id="verify_tls"' in page
+    with app.app_context():
+        assert load_smtp_settings(db.session, app.config["SECRET_KEY"]).verify_tls is True

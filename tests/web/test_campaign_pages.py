@@ -217,3 +217,35 @@ def test_list_paginates_and_searches(app, client, auth):
     assert "p000@example.com" not in third
     assert "p117@example.com" in found
     assert "p116@example.com" not in found
+
+
+def test_render_error_explained_not_500(app, client, auth):
+    auth.login()
+    list_id = factories.make_list(app, [{"email": "a@example.com", "first_name": "Ann"}])
+    client.post("/campaigns/new", data=campaign_form(list_id, text_body="Total: {{ 1 / 0 }}"))
+
+    check = client.get("/campaigns/1/check")
+    preview = client.get("/campaigns/1/preview?contact=a@example.com")
+    launch = client.post("/campaigns/1/launch", data={"mode": "foreground"})
+
+    assert check.status_code == 200
+    assert "division by zero" in check.get_data(as_text=True)
+    assert preview.status_code == 200
+    assert "division by zero" in preview.get_data(as_text=True)
+    assert launch.status_code == 303
+    assert factories.campaign(app, 1).status == "draft"
+
+
+def test_duplicate_makes_draft(app, client, auth):
+    auth.login()
+    list_id = factories.make_list(app, [{"email": "a@example.com", "first_name": "Ann"}])
+    original = factories.make_campaign(app, list_id, delivery_method="outbox", status="finished")
+
+    response = client.post(f"/campaigns/{original}/duplicate")
+
+    copy = factories.campaign(app, original + 1)
+    assert response.headers["Location"] == f"/campaigns/{original + 1}/edit"
+    assert copy.status == "draft"
+    assert copy.name == "Copy of Spring news"
+    assert copy.text_body == factories.campaign(app, original).text_body
+    assert copy.list_id == list_id

@@ -21,6 +21,23 @@ log = logging.getLogger("messagehub.web")
 
 PAGE_SIZE = 50
 
+# How the report names the encodings the importer detects.
+ENCODING_NAMES = {
+    "utf-8": "UTF-8",
+    "utf-8-sig": "UTF-8 with byte order mark",
+    "utf-16-le": "UTF-16 (little-endian)",
+    "utf-16-be": "UTF-16 (big-endian)",
+    "utf-32-le": "UTF-32 (little-endian)",
+    "utf-32-be": "UTF-32 (big-endian)",
+    "cp1252": "Windows-1252",
+}
+
+
+@bp.app_template_filter("encoding_name")
+def encoding_name(codec: str) -> str:
+    """Return a reader's name for a Python codec name."""
+    return ENCODING_NAMES.get(codec, codec)
+
 
 @bp.get("/")
 def lists():

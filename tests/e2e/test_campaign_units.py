@@ -14,10 +14,11 @@ import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import pytest
 
-from tests.e2e.conftest import LIST_SIZE, Deployment, status_line, unit_name
+from tests.e2e.conftest import LIST_SIZE, REPO, Deployment, install, status_line, unit_name
 from tests.waiting import wait_for
 
 # A "mid-run" stop or kill waits until this many messages went out, so the
@@ -288,3 +289,24 @@ def test_three_campaigns_side_by_side(deployment: Deployment) -> None:
     for campaign_id, sender, state in zip(campaign_ids, senders, states):
         assert state["campaign"]["status"] == "finished", f"{state}{deployment.diagnostics(campaign_id)}"
         check_each_recipient_once(deployment, campaign_id, sender)
+
+
+def test_install_twice_then_uninstall(deployment: Deployment, wheelhouse: Path) -> None:
+    # Runs last in this module: it removes the installation the other tests use.
+    install(deployment, wheelhouse)
+    web_state = deployment.run("systemctl", "is-active", "messagehub-web.service", check=False).stdout.strip()
+
+    result = deployment.run("make", "-C", str(REPO), "uninstall", check=False, timeout=120)
+    leftovers = deployment.run(
+        "sh", "-c",
+        "ls -d /opt/messagehub /etc/systemd/system/messagehub-web.service "
+        "'/etc/systemd/system/messagehub-campaign@.service' /etc/polkit-1/rules.d/50-messagehub.rules 2>/dev/null",
+        check=False,
+    ).stdout.split()
+    state = deployment.run("ls", "/var/lib/messagehub", check=False).stdout.split()
+
+    assert web_state == "active"
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    assert leftovers == []
+    assert "secret_key" in state
+    assert "messagehub.db" in state

@@ -54,6 +54,7 @@ def test_import_through_page(app, client, auth, shared_data):
 
     assert "Import finished" in page
     assert "semicolons" in page
+    assert "Read as UTF-8 with byte order mark" in page
     with app.app_context():
         report = db.session.execute(db.select(ImportReport)).scalar_one()
         first_problem = report.problems[0]

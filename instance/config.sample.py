@@ -48,7 +48,7 @@
 # Who runs background campaigns: "systemd" (each campaign is the unit
 # messagehub-campaign@<id>.service), "process" (detached processes with a log
 # file each under instance/logs, for machines without systemd), or "auto":
-# systemd when a manager answers on the bus, else processes. Default: "auto".
+# systemd when a manager replies on the bus, else processes. Default: "auto".
 # SUPERVISOR = "auto"
 
 # Talk to the calling user's systemd manager instead of the system one.

@@ -21,7 +21,7 @@ log = logging.getLogger("messagehub.web")
 
 PAGE_SIZE = 50
 
-# How the report names the encodings the importer detects.
+# Names the import report uses for the encodings the importer detects.
 ENCODING_NAMES = {
     "utf-8": "UTF-8",
     "utf-8-sig": "UTF-8 with byte order mark",
@@ -129,8 +129,8 @@ def _import_and_clean_up(engine, report_id: int, path: Path, country: str | None
     try:
         load_file(engine, report_id, path, country)
     except Exception:
-        # A thread has nobody to raise to: log it and close the report, so the
-        # page stops showing a running import.
+        # A thread cannot pass the error to a caller, so log it and close the
+        # report, and the page stops showing a running import.
         log.exception("error importing upload %s into report %s", path.name, report_id)
         fail_report(engine, report_id, "The import stopped on an unexpected error; it was logged for the administrator.")
     finally:

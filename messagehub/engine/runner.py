@@ -1,4 +1,4 @@
-"""The send loop: one campaign, one sender, each recipient handed over at most once."""
+"""The send loop: one campaign, one sender, and a conditional claim per recipient before handover."""
 
 from __future__ import annotations
 
@@ -83,8 +83,8 @@ class CampaignRunner:
     ``stop`` ends the run after the message in flight; the campaign is then
     paused and can be resumed. ``on_progress`` is called after every message.
     ``heartbeat`` is called after every message and at least once a second
-    while the loop waits, so a watchdog sees the loop alive; a sender stuck
-    in a call stops the heartbeats.
+    while the loop waits, so a watchdog can tell the loop is alive. A sender
+    stuck in a call stops the heartbeats.
     """
 
     store: CampaignStore

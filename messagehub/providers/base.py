@@ -29,11 +29,11 @@ class OutgoingMessage:
 
 @dataclass(frozen=True)
 class SendResult:
-    """What the provider answered when it accepted a message."""
+    """The provider's reply to a message it accepted."""
 
     reply: str
     provider_id: str | None = None
-    # False when the connection was lost after handover, before the answer came.
+    # False when the connection was lost after handover, before the reply arrived.
     confirmed: bool = True
 
 
@@ -65,10 +65,11 @@ class ConnectionLost(SendError):
 
 
 class ProviderUnavailable(SendError):
-    """The provider cannot be reached or refuses us for every message.
+    """The provider cannot be reached or rejects every message.
 
     Raised for faults that no retry of a single recipient can fix, such as a
-    wrong password or an unreachable host; the engine pauses the campaign.
+    wrong password or an unreachable host. The engine retries a few times,
+    then pauses the campaign.
     """
 
 
@@ -76,7 +77,7 @@ class Sender(Protocol):
     """Delivers one message at a time over a connection it keeps open."""
 
     def send(self, message: OutgoingMessage, on_handover: HandoverCallback) -> SendResult:
-        """Deliver ``message`` and return the provider's answer.
+        """Deliver ``message`` and return the provider's reply.
 
         The sender calls ``on_handover`` exactly once, immediately before the
         step after which the provider may have accepted the message (for SMTP,

@@ -11,7 +11,7 @@ import logging
 from dataclasses import dataclass
 from datetime import timedelta
 
-from sqlalchemy import Engine, select
+from sqlalchemy import Engine, func, select
 from sqlalchemy.orm import Session
 
 from messagehub.engine import status as campaign_status
@@ -171,16 +171,14 @@ def _mark_interrupted(campaign: Campaign, reason: str) -> None:
 
 def _record_exits(session: Session, supervisor: Supervisor, states: dict[int, UnitState]) -> None:
     """Add an "exit" history entry for each background run that ended since its last start."""
-    last_events = _last_events(session)
-    for campaign_id, event in last_events.items():
-        if event.kind not in (LAUNCH, RESUME, RESTART, STOP) or event.mode == FOREGROUND:
-            continue
-        state = states.get(campaign_id)
+    recorded = False
+    for event in _open_runs(session):
+        state = states.get(event.campaign_id)
         if state is not None and state.is_running:
             continue
         record(
             session,
-            campaign_id,
+            event.campaign_id,
             EXIT,
             "system",
             supervisor.name,
@@ -188,15 +186,18 @@ def _record_exits(session: Session, supervisor: Supervisor, states: dict[int, Un
             restarts=state.restarts if state else None,
             detail=(state.result or state.sub_state) if state else "process gone",
         )
-    session.commit()
+        recorded = True
+
+    if recorded:
+        session.commit()
 
 
-def _last_events(session: Session) -> dict[int, JobEvent]:
-    latest = select(JobEvent.campaign_id, JobEvent.id).order_by(JobEvent.campaign_id, JobEvent.id.desc())
-    seen: dict[int, int] = {}
-    for campaign_id, event_id in session.execute(latest):
-        seen.setdefault(campaign_id, event_id)
-    if not seen:
-        return {}
-    events = session.execute(select(JobEvent).where(JobEvent.id.in_(seen.values()))).scalars()
-    return {event.campaign_id: event for event in events}
+def _open_runs(session: Session) -> list[JobEvent]:
+    """Return each campaign's latest history entry when it is a background start or stop with no exit after it."""
+    latest = select(func.max(JobEvent.id)).group_by(JobEvent.campaign_id)
+    query = select(JobEvent).where(
+        JobEvent.id.in_(latest),
+        JobEvent.kind.in_((LAUNCH, RESUME, RESTART, STOP)),
+        JobEvent.mode != FOREGROUND,
+    )
+    return list(session.execute(query).scalars())

@@ -45,7 +45,7 @@
 # Log level of campaign processes: DEBUG, INFO, WARNING or ERROR. Default: INFO.
 # LOG_LEVEL = "INFO"
 
-# Who runs background campaigns: "systemd" (each campaign is the unit
+# Supervisor of background campaigns: "systemd" (each campaign is the unit
 # messagehub-campaign@<id>.service), "process" (detached processes with a log
 # file each under instance/logs, for machines without systemd), or "auto":
 # systemd when a manager replies on the bus, else processes. Default: "auto".
@@ -55,7 +55,7 @@
 # Default: False.
 # SYSTEMD_USER_MODE = False
 
-# Where `make install` put MessageHub, its virtualenv (empty means
+# Install locations: where `make install` put MessageHub, its virtualenv (empty means
 # INSTALL_PREFIX/venv), the campaign units' instance folder and their user.
 # Used for units started as transient units (the web app running as root or
 # against a user manager). Defaults: /opt/messagehub, "", /var/lib/messagehub,

@@ -60,8 +60,8 @@ def load_config(instance_path: Path | None = None, overrides: dict[str, Any] | N
     config.setdefault("SECRET_KEY", None)
     if not config["SECRET_KEY"]:
         # A SECRET_KEY set in config.py or the environment wins over the
-        # credential: the web app, which has no credential, sees only that one,
-        # and both must decrypt the same stored passwords.
+        # credential. The web app has no credential and reads only that key,
+        # and web app and campaign units must decrypt the same stored passwords.
         config["SECRET_KEY"] = read_secret_key_credential(os.environ) or ensure_secret_key(instance_path)
     config["INSTANCE_PATH"] = str(instance_path)
     return config

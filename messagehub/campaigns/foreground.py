@@ -60,6 +60,6 @@ def _run(runner, campaign_id: int) -> None:
     try:
         runner.run(campaign_id)
     except Exception:
-        # The runner logged it and marked the campaign failed; a thread has
-        # nobody to raise to.
+        # The runner logged the traceback and marked the campaign failed. A
+        # thread cannot pass the error to a caller, so this line only closes it.
         log.warning("foreground run of campaign %s ended with an error", campaign_id, extra={"campaign_id": campaign_id})

@@ -47,7 +47,7 @@ class CampaignForm(FlaskForm):
 
 
 class TestSendForm(FlaskForm):
-    """Where to send one test message, and as which contact."""
+    """Recipient address of one test message, and the contact it is personalised as."""
 
     address = StringField("Send a test to", validators=[DataRequired(), no_line_breaks, email_address])
     contact_id = StringField("As contact", validators=[Optional()])

@@ -55,7 +55,7 @@ class CampaignFilter(logging.Filter):
 
 
 def stderr_is_journal(environ: Mapping[str, str] | None = None, stream: IO | None = None) -> bool:
-    """Whether ``stream`` (stderr by default) is the journal stream systemd set up.
+    """Return whether ``stream`` (stderr by default) is the journal stream systemd set up.
 
     systemd sets ``$JOURNAL_STREAM`` to ``device:inode`` of that stream. A
     child whose stderr was redirected inherits the variable, so the numbers

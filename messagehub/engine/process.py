@@ -135,8 +135,8 @@ def run_campaign(
 ) -> RunOutcome:
     """Run one campaign to its end in this process, stopping cleanly on SIGTERM.
 
-    With ``notifier`` the run tells systemd when it is ready and how far it
-    got, and pings the watchdog while the send loop advances.
+    With ``notifier`` the run reports to systemd when it is ready and how far
+    it got, and pings the watchdog while the send loop advances.
     """
     stop = threading.Event()
     install_stop_handlers(stop, notifier)

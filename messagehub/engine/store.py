@@ -1,4 +1,4 @@
-"""What the engine needs from storage, as plain data and one Protocol."""
+"""Storage interface of the engine: plain data classes and one Protocol."""
 
 from __future__ import annotations
 

@@ -33,7 +33,7 @@ def campaign_id_of(unit: str) -> int | None:
 
 @dataclass(frozen=True)
 class UnitState:
-    """What a supervisor knows about one campaign's process, in systemd's terms.
+    """State of one campaign's process as a supervisor reports it, in systemd's terms.
 
     ``active_state`` and ``sub_state`` carry systemd's ActiveState and
     SubState (the plain-process supervisor maps its view onto them).
@@ -94,7 +94,7 @@ class Supervisor(Protocol):
         """Return the state of the campaign's process, or None if none is known."""
 
     def states(self) -> list[UnitState]:
-        """Return the state of every campaign unit the supervisor knows."""
+        """Return the state of every campaign unit the supervisor can see."""
 
     def journal(self, campaign_id: int, lines: int = 50) -> list[str]:
         """Return the last ``lines`` log lines of the campaign's process, oldest first."""

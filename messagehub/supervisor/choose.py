@@ -1,4 +1,4 @@
-"""Pick the supervisor from the configuration: systemd when a manager answers, else plain processes.
+"""Pick the supervisor from the configuration: systemd when a manager replies on the bus, else plain processes.
 
 Configuration keys read here:
     SUPERVISOR         "auto" (default), "systemd" or "process"
@@ -62,7 +62,7 @@ def _build(config: dict[str, Any], probe: Callable[[bool], str | None]) -> Super
     problem = probe(user_mode)
     if problem is None:
         manager = "user" if user_mode else "system"
-        return _systemd(config, user_mode, f"a systemd {manager} manager answered on the bus")
+        return _systemd(config, user_mode, f"a systemd {manager} manager replied on the bus")
     return _process(config, f"no systemd manager reachable ({problem})")
 
 
@@ -89,7 +89,7 @@ def _process(config: dict[str, Any], reason: str) -> Supervisor:
 
 
 def probe_systemd(user_mode: bool) -> str | None:
-    """Ask systemd for its Version property; return None if it answered, else why not."""
+    """Ask systemd for its Version property; return None if it replied, else the reason it did not."""
     if not user_mode and not SYSTEM_BUS_SOCKET.exists():
         return f"{SYSTEM_BUS_SOCKET} does not exist"
     if user_mode and not os.environ.get("DBUS_SESSION_BUS_ADDRESS") and not os.environ.get("XDG_RUNTIME_DIR"):
@@ -105,6 +105,6 @@ def probe_systemd(user_mode: bool) -> str | None:
         with DBus(user_mode=user_mode) as bus:
             Manager(bus=bus, _autoload=True).Manager.Version
     except Exception as e:  # any D-Bus failure means "not usable here"; the reason is shown in the UI
-        return f"systemd did not answer: {e}"
+        return f"systemd did not reply: {e}"
 
     return None

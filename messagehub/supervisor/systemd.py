@@ -281,9 +281,9 @@ def translate_error(error: Exception, action: str, unit: str, manager_label: str
     if name in _MISSING:
         return UnitNotFound(f"{unit} is not loaded, so there is no campaign process to act on.")
     if name in _UNREACHABLE:
-        return SupervisorUnavailable(f"{manager_label} did not answer while {action}; try again.")
+        return SupervisorUnavailable(f"{manager_label} timed out or did not reply while {action}; try again.")
     if name.startswith("DBus"):
-        return SupervisorError(f"systemd refused {action} ({unit}): {getattr(error, 'err_message', '') or text}")
+        return SupervisorError(f"systemd rejected {action} ({unit}): {getattr(error, 'err_message', '') or text}")
 
     return None
 

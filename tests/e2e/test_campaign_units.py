@@ -69,7 +69,7 @@ def wait_finished(deployment: Deployment, campaign_id: int, timeout: float = RUN
 
 
 def check_each_recipient_once(deployment: Deployment, campaign_id: int, sender: str) -> None:
-    """Assert that every list member received exactly one message from `sender`, and nobody else did."""
+    """Assert that every list member received exactly one message from `sender`, and no other address got any."""
     counts = deployment.received(sender)
     expected = {address.casefold() for address in deployment.addresses}
     missing = expected - counts.keys()

@@ -312,7 +312,7 @@ def test_choose_auto_prefers_systemd(tmp_path):
     supervisor = choose_supervisor({"INSTANCE_PATH": str(tmp_path), "STATE_DIR": "/srv/s"}, probe=lambda user: None)
 
     assert supervisor.name == "systemd"
-    assert "system manager answered" in supervisor.reason
+    assert "system manager replied" in supervisor.reason
     assert supervisor.paths.state_dir == "/srv/s"
 
 

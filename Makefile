@@ -16,8 +16,9 @@ STAMP := $(VENV)/.installed
 # Debian packages the app and its tests need; installed when missing.
 # systemd-container boots the throw-away systemd the integration tests use;
 # libsystemd-dev and pkg-config build pystemd and systemd-python; dbus and
-# polkitd run inside that container.
-APT_PACKAGES := python3-venv python3-dev systemd-container libsystemd-dev pkg-config dbus polkitd
+# polkitd run inside that container. chromium is the browser that the
+# Playwright tests in tests/browser launch, so no `playwright install` is needed.
+APT_PACKAGES := python3-venv python3-dev systemd-container libsystemd-dev pkg-config dbus polkitd chromium
 
 .PHONY: run test setup system-packages migrate admin clean
 

@@ -6,12 +6,15 @@ ratios compare runs that shared the machine's load:
   ceiling     Postfix smtp-source into smtp-sink, 8 persistent sessions
   naive       Python smtplib, one connection and one EmailMessage per message
   messagehub  the campaign engine sending a personalised multipart campaign
-  peak RSS    of the engine process for 10,000 and 100,000 recipients
+  peak RSS    of the engine process for 10,000 and 1,000,000 recipients
   import      bench/import_csv.py on a generated file
+  launch      web app launch request to the engine's READY=1 and first message
+  jobs page   GET /jobs/ and its htmx partial with 20 campaigns running
+  API         the engine through TwilioSender and SendGridSender to local stand-ins
 
-BENCH_FULL=1 adds 1,000,000 recipients and a 1,000,000-row import, and lets
-every peak-RSS run finish however long it takes. The table also goes to
-bench/results/latest.md, with the date and the machine.
+BENCH_FULL=1 adds a 1,000,000-row import, and lets every peak-RSS run finish
+however long it takes. The table also goes to bench/results/latest.md, with
+the date and the machine.
 
     .venv/bin/python bench/run.py [--recipients N] [--runs N]
 """
@@ -34,7 +37,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from smtp_throughput import (  # noqa: E402 - the sibling module is found through the path set above
+from api_senders import ApiRun, measure_sendgrid, measure_twilio  # noqa: E402 - found through the path set above
+from jobs_page import measure_jobs_page  # noqa: E402
+from launch_latency import LaunchTimes, measure_launches  # noqa: E402
+from smtp_throughput import (  # noqa: E402
     CEILING_SESSIONS,
     MESSAGE_BYTES,
     Measurement,
@@ -52,6 +58,9 @@ BENCH_DIR = Path(__file__).resolve().parent
 DEFAULT_OUTPUT = BENCH_DIR / "results" / "latest.md"
 
 IMPORT_LINE = re.compile(r"^\s*import:\s+([\d.]+) s\s+([\d,]+) rows/s", re.MULTILINE)
+
+# A figure with more runs than this lists only their range in the table.
+LISTED_RUNS = 10
 
 
 @dataclass
@@ -91,8 +100,8 @@ def parse_arguments() -> argparse.Namespace:
         "--rss-recipients",
         type=int,
         nargs="+",
-        default=[10_000, 100_000, 1_000_000] if full else [10_000, 100_000],
-        help="campaign sizes whose peak RSS is measured (default 10000 100000, plus 1000000 with BENCH_FULL=1)",
+        default=[10_000, 1_000_000],
+        help="campaign sizes whose peak RSS is measured (default 10000 1000000)",
     )
     parser.add_argument(
         "--rss-seconds",
@@ -107,6 +116,20 @@ def parse_arguments() -> argparse.Namespace:
         help="rows of the import benchmark (default 100000, 1000000 with BENCH_FULL=1)",
     )
     parser.add_argument("--import-runs", type=int, default=3, help="runs of the import benchmark (default 3)")
+    parser.add_argument(
+        "--launch-recipients",
+        type=int,
+        nargs="+",
+        default=[1_000, 10_000],
+        help="campaign sizes whose launch latency is measured (default 1000 10000)",
+    )
+    parser.add_argument("--launch-runs", type=int, default=5, help="launches per campaign size (default 5)")
+    parser.add_argument("--jobs-campaigns", type=int, default=20, help="campaigns running while the jobs page is timed (default 20)")
+    parser.add_argument("--jobs-requests", type=int, default=50, help="timed requests of the jobs page and of its partial (default 50)")
+    parser.add_argument("--api-rate", type=float, default=1000.0, help="rate of the provider accounts in messages per second (default 1000)")
+    parser.add_argument("--api-runs", type=int, default=3, help="runs of each API campaign without the stand-ins' request check (default 3)")
+    parser.add_argument("--sms-recipients", type=int, default=1_000, help="recipients of the Twilio campaign (default 1000)")
+    parser.add_argument("--email-recipients", type=int, default=5_000, help="recipients of the SendGrid campaign (default 5000)")
     parser.add_argument("--output", type=Path, default=DEFAULT_OUTPUT, help="Markdown file for the table (default: %(default)s)")
 
     return parser.parse_args()
@@ -124,6 +147,9 @@ def main() -> int:
     report = Report()
     measure_senders(options, report)
     measure_import(options, report)
+    measure_launch(options, report)
+    measure_jobs(options, report)
+    measure_api(options, report)
 
     report.notes.append(
         f"load average (1 min) {load_before[0]:.2f} at the start, {os.getloadavg()[0]:.2f} at the end; "
@@ -156,10 +182,11 @@ def measure_senders(options: argparse.Namespace, report: Report) -> None:
         report.notes += size_notes(options)
 
         stop_after = options.rss_seconds or None
+        rss_runs = {}
         for recipients in options.rss_recipients:
             progress(f"peak RSS: one campaign of {recipients} recipients")
-            run = measure_engine(work / f"rss-{recipients}", sink, recipients, stop_after)
-            report.figures.append(rss_figure(recipients, run, stop_after))
+            rss_runs[recipients] = measure_engine(work / f"rss-{recipients}", sink, recipients, stop_after)
+        report.figures += rss_figures(rss_runs, stop_after)
 
 
 def progress(text: str) -> None:
@@ -209,6 +236,20 @@ def size_notes(options: argparse.Namespace) -> list[str]:
         f"messagehub {campaign_message_bytes()} bytes (multipart/alternative, text and HTML, personalised)",
         "the engine uses SQLite (WAL, synchronous=NORMAL) in a temporary folder, freshly migrated for every campaign",
     ]
+
+
+def rss_figures(runs: dict[int, Measurement], stop_after: float | None) -> list[Figure]:
+    """Turn the peak-RSS runs into table rows, each larger campaign compared with the smallest."""
+    smallest = min(runs)
+    figures = []
+    for recipients, run in runs.items():
+        figure = rss_figure(recipients, run, stop_after)
+        if recipients != smallest:
+            ratio = run.peak_rss_kib / runs[smallest].peak_rss_kib
+            figure.note += f"; {ratio:.2f} times the peak at {smallest} recipients"
+        figures.append(figure)
+
+    return figures
 
 
 def rss_figure(recipients: int, run: Measurement, stop_after: float | None) -> Figure:
@@ -274,6 +315,82 @@ def parse_import_rate(output: str) -> float:
     return float(match.group(2).replace(",", ""))
 
 
+def measure_launch(options: argparse.Namespace, report: Report) -> None:
+    """Time background launches through the web app, for each campaign size."""
+    for recipients in options.launch_recipients:
+        progress(f"launch latency: {options.launch_runs} launches of {recipients} recipients")
+        with tempfile.TemporaryDirectory(prefix="messagehub-bench-") as directory:
+            launches = measure_launches(Path(directory), recipients, options.launch_runs)
+        report.figures += launch_figures(recipients, launches)
+
+
+def launch_figures(recipients: int, launches: list[LaunchTimes]) -> list[Figure]:
+    """Turn the launches of one campaign size into table rows, in milliseconds."""
+    response = statistics.median(launch.response for launch in launches) * 1000
+    return [
+        Figure(
+            f"launch: request to READY=1, {recipients} recipients",
+            "ms",
+            [launch.ready * 1000 for launch in launches],
+            note=f"target under 1,000 ms; the response to the request arrived after {response:,.0f} ms (median)",
+        ),
+        Figure(
+            f"launch: request to first message at the SMTP server, {recipients} recipients",
+            "ms",
+            [launch.first_message * 1000 for launch in launches],
+            note="plain-process supervisor, aiosmtpd server in the benchmark process",
+        ),
+    ]
+
+
+def measure_jobs(options: argparse.Namespace, report: Report) -> None:
+    """Time the Background Jobs page and its partial with campaigns running."""
+    progress(f"jobs page: {options.jobs_requests} requests each with {options.jobs_campaigns} campaigns running")
+    with tempfile.TemporaryDirectory(prefix="messagehub-bench-") as directory:
+        times = measure_jobs_page(Path(directory), options.jobs_campaigns, options.jobs_requests)
+
+    for name, durations in (("GET /jobs/ (whole page)", times.page), ("GET /jobs/ with HX-Request (rows partial)", times.partial)):
+        report.figures.append(
+            Figure(
+                f"jobs page: {name}, {options.jobs_campaigns} campaigns running",
+                "ms",
+                [duration * 1000 for duration in durations],
+                note="target under 100 ms; werkzeug threaded server, one request at a time",
+            )
+        )
+
+
+def measure_api(options: argparse.Namespace, report: Report) -> None:
+    """Send through the Twilio and SendGrid adapters to their stand-ins, with and without the request check."""
+    rate = options.api_rate
+    for name, measure, recipients in (
+        ("Twilio SMS", measure_twilio, options.sms_recipients),
+        ("SendGrid email", measure_sendgrid, options.email_recipients),
+    ):
+        for check_requests, runs in ((False, options.api_runs), (True, 1)):
+            check = "on" if check_requests else "off"
+            progress(f"API: {runs} {name} campaigns of {recipients} recipients, request check {check}")
+            with tempfile.TemporaryDirectory(prefix="messagehub-bench-") as directory:
+                results = measure(Path(directory), recipients, runs, rate, check_requests)
+            report.figures.append(api_figure(name, recipients, rate, check, results))
+
+
+def api_figure(name: str, recipients: int, rate: float, check: str, runs: list[ApiRun]) -> Figure:
+    """Turn the runs of one API campaign into a table row with the CPU time each side spent."""
+    requests_per_second = statistics.median(run.requests_per_second for run in runs)
+    engine_cpu = statistics.median(run.engine_cpu_per_message * 1000 for run in runs)
+    stand_in_cpu = statistics.median(run.stand_in_cpu_per_message * 1000 for run in runs)
+    return Figure(
+        f"API: {name}, {recipients} recipients, stand-in request check {check}",
+        "msg/s",
+        [run.messages_per_second for run in runs],
+        note=(
+            f"account rate {rate:,.0f} msg/s; {requests_per_second:,.0f} requests/s; "
+            f"CPU per message: engine {engine_cpu:.2f} ms, stand-in {stand_in_cpu:.2f} ms"
+        ),
+    )
+
+
 def render_markdown(report: Report) -> str:
     """Render the machine, the table and the notes as Markdown."""
     ceiling, naive = (next(f for f in report.figures if f.name.startswith(prefix)) for prefix in ("ceiling", "naive"))
@@ -290,13 +407,21 @@ def render_markdown(report: Report) -> str:
     for figure in report.figures:
         to_ceiling = f"{figure.median / ceiling.median:.3f}" if figure.is_rate else ""
         to_naive = f"{figure.median / naive.median:.2f}" if figure.is_rate else ""
-        runs = ", ".join(format_value(value) for value in figure.values)
+        runs = format_runs(figure.values)
         lines.append(
             f"| {figure.name} | {format_value(figure.median)} | {figure.unit} | {to_ceiling} | {to_naive} | {runs} | {figure.note} |"
         )
 
     lines += ["", *(f"- {note}" for note in report.notes), ""]
     return "\n".join(lines)
+
+
+def format_runs(values: list[float]) -> str:
+    """List every run's value, or only their count and range when there are many."""
+    if len(values) <= LISTED_RUNS:
+        return ", ".join(format_value(value) for value in values)
+
+    return f"{len(values)} runs from {format_value(min(values))} to {format_value(max(values))}"
 
 
 def format_value(value: float) -> str:

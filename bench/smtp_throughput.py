@@ -139,10 +139,15 @@ def stop_process(process: subprocess.Popen, timeout: float = 5.0) -> None:
 
 
 class SmtpSink:
-    """Postfix's smtp-sink on a free port of 127.0.0.1, counting the messages it accepts."""
+    """Postfix's smtp-sink on a free port of 127.0.0.1, counting the messages it accepts.
 
-    def __init__(self, directory: Path):
+    ``data_delay`` holds back the reply to every DATA command by that many
+    whole seconds (smtp-sink -w), which keeps senders busy while they send little.
+    """
+
+    def __init__(self, directory: Path, data_delay: int = 0):
         self.port = free_port()
+        self.data_delay = data_delay
         self.counter_file = directory / "smtp-sink.out"
         self.process: subprocess.Popen | None = None
 
@@ -159,6 +164,8 @@ class SmtpSink:
         # smtp-sink(1): -u is required when it runs with super-user privileges.
         if os.geteuid() == 0:
             command += ["-u", "nobody"]
+        if self.data_delay:
+            command += ["-w", str(self.data_delay)]
         command += [f"127.0.0.1:{self.port}", "1000"]
         with self.counter_file.open("wb") as output:
             self.process = subprocess.Popen(command, stdout=output, stderr=subprocess.STDOUT)

@@ -35,6 +35,24 @@
 # settings give none. Default: 30.
 # SMTP_TIMEOUT = 30.0
 
+# SMTP connections a background campaign sends over, each in a process of
+# its own (Python sends one message at a time per process). Two fill a
+# 2-core machine; a relay may limit connections per client. Foreground
+# campaigns, in the web app, always use one. Default: 2.
+# SMTP_CONNECTIONS = 2
+
+# Timeout of each request to an API provider (SendGrid, SES, Twilio, SNS), in
+# seconds. A request that times out after it was sent is recorded as sent
+# unconfirmed, never sent again. Default: 30.
+# PROVIDER_TIMEOUT = 30.0
+
+# A campaign pauses itself, saying why, when more than this share of the last
+# ERROR_RATE_WINDOW recipients failed for good: a wrong sender or a spoiled
+# list should not burn through the whole audience. 1.0 never pauses.
+# Defaults: 0.25 and 200.
+# ERROR_RATE_LIMIT = 0.25
+# ERROR_RATE_WINDOW = 200
+
 # Domain in generated Message-ID headers. Default: the domain of each
 # campaign's sender address.
 # MESSAGE_ID_DOMAIN = "mail.example.com"

@@ -11,6 +11,7 @@ from flask import Flask, render_template
 from messagehub.config import instance_path_from_env, load_config
 from messagehub.database import configure_engine
 from messagehub.extensions import csrf, db, login_manager, migrate
+from messagehub.providers import quiet_sdk_loggers
 
 MIGRATIONS_DIR = Path(__file__).resolve().parent.parent / "migrations"
 
@@ -27,6 +28,7 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     _init_extensions(app)
     _register_blueprints(app)
     _register_error_pages(app)
+    quiet_sdk_loggers()
 
     from messagehub.cli import register_commands
 
@@ -54,13 +56,18 @@ def _register_blueprints(app: Flask) -> None:
     from messagehub.jobs.views import bp as jobs_bp
     from messagehub.main.views import bp as main_bp
     from messagehub.settings.views import bp as settings_bp
+    from messagehub.settings import accounts  # noqa: F401  (adds the account pages to settings_bp)
+    from messagehub.users.views import bp as users_bp
 
-    for blueprint in (auth_bp, main_bp, contacts_bp, campaigns_bp, jobs_bp, settings_bp):
+    for blueprint in (auth_bp, main_bp, contacts_bp, campaigns_bp, jobs_bp, settings_bp, users_bp):
         app.register_blueprint(blueprint)
 
     from messagehub.auth.access import can
+    from messagehub.messages.sms import count_segments
 
     app.jinja_env.globals["can"] = can
+    app.jinja_env.filters["sms_segments"] = count_segments
+    app.jinja_env.filters["ord"] = ord
 
 
 def _register_error_pages(app: Flask) -> None:

@@ -166,7 +166,7 @@ def campaign_send(campaign_id: int) -> None:
     campaign = db.session.get(Campaign, campaign_id)
     if campaign is None:
         raise click.ClickException(f"Campaign {campaign_id} not found; `messagehub campaign list` shows them.")
-    problem = launch_problem(db.session, campaign)
+    problem = launch_problem(db.session, campaign, current_app.config["SECRET_KEY"])
     if problem:
         raise click.ClickException(problem)
     db.session.rollback()

@@ -13,13 +13,19 @@ from sqlalchemy import Engine
 from sqlalchemy.orm import Session
 
 from messagehub import secretbox
-from messagehub.models import Setting
-from messagehub.providers.base import Sender
+from messagehub.engine.rate import SharedRate
+from messagehub.models import ProviderAccount, Setting
+from messagehub.provider_accounts import AccountProblem, open_account_sender
+from messagehub.providers.base import BatchSender, Sender
 from messagehub.providers.outbox import OutboxSender
 from messagehub.providers.smtp import SmtpSender, SmtpSettings
 
 SMTP_KEY = "smtp"
-DELIVERY_METHODS = {"outbox": "Outbox (write .eml files under instance/)", "smtp": "SMTP server"}
+DELIVERY_METHODS = {
+    "outbox": "Outbox (write .eml files under instance/)",
+    "smtp": "SMTP server",
+    "account": "Provider account",
+}
 
 
 def load_smtp_settings(session: Session, secret_key: str, timeout: float | None = None) -> SmtpSettings | None:
@@ -57,8 +63,20 @@ class SenderNotConfigured(Exception):
     """The campaign's delivery method has no settings yet."""
 
 
-def open_sender(method: str, engine: Engine, config: dict, campaign_id: int | None = None) -> Sender:
+def open_sender(
+    method: str, engine: Engine, config: dict, campaign_id: int | None = None, account_id: int | None = None
+) -> Sender | BatchSender:
     """Build the sender for a delivery method from the stored settings and ``config``."""
+    if method == "account":
+        with Session(engine) as session:
+            account = session.get(ProviderAccount, account_id) if account_id is not None else None
+            if account is None:
+                raise SenderNotConfigured("The campaign's provider account is gone: choose another one.")
+            try:
+                return open_account_sender(account, config["SECRET_KEY"], float(config["PROVIDER_TIMEOUT"]))
+            except AccountProblem as e:
+                raise SenderNotConfigured(str(e)) from e
+
     if method == "outbox":
         directory = Path(config["OUTBOX_DIR"])
         if campaign_id is not None:
@@ -73,3 +91,15 @@ def open_sender(method: str, engine: Engine, config: dict, campaign_id: int | No
         return SmtpSender(settings)
 
     raise SenderNotConfigured(f"unknown delivery method {method!r}; expected one of {', '.join(DELIVERY_METHODS)}")
+
+
+def account_rate(engine: Engine, account_id: int | None) -> SharedRate | None:
+    """Return the shared send rate of a provider account, or None without an account."""
+    if account_id is None:
+        return None
+    with Session(engine) as session:
+        account = session.get(ProviderAccount, account_id)
+        if account is None:
+            return None
+        per_second = account.rate_per_second
+    return SharedRate(engine, account_id, per_second)

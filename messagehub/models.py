@@ -14,6 +14,7 @@ from sqlalchemy import (
     JSON,
     Boolean,
     DateTime,
+    Float,
     ForeignKey,
     Index,
     Integer,
@@ -74,11 +75,18 @@ class CampaignStatus(str, enum.Enum):
     FAILED = "failed"
 
 
+class Channel(str, enum.Enum):
+    """Kind of message a campaign sends: email or text messages."""
+
+    EMAIL = "email"
+    SMS = "sms"
+
+
 class DeliveryStatus(str, enum.Enum):
     """State of one recipient's message within a campaign.
 
     ``SENDING`` means the message was handed over to the provider past the
-    point of no return (for SMTP: the final dot of DATA is being written), so a
+    point of no return (for SMTP: the content and final dot are being written), so a
     run that resumes must not send it again.
     """
 
@@ -219,8 +227,63 @@ class ImportProblem(Base):
     report: Mapped[ImportReport] = relationship(back_populates="problems")
 
 
+class ProviderAccount(Base):
+    """Credentials and limits of one account at an email or SMS API provider.
+
+    ``settings`` contains what may be shown (region, account SID, base URL);
+    ``secrets_encrypted`` contains the API keys and tokens, encrypted by
+    ``messagehub.secretbox``. ``rate_per_second`` is shared by every campaign
+    that sends through the account, in whatever process it runs.
+    """
+
+    __tablename__ = "provider_accounts"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(String(100), unique=True)
+    kind: Mapped[str] = mapped_column(String(16))
+    settings: Mapped[dict] = mapped_column(JSON, default=dict)
+    secrets_encrypted: Mapped[str] = mapped_column(Text, default="")
+    rate_per_second: Mapped[float] = mapped_column(Float)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow, onupdate=utcnow)
+
+
+class RateSchedule(Base):
+    """When the next message of a provider account may leave, shared by all its senders.
+
+    ``next_at`` is seconds since the epoch. Each sender moves it forward by the
+    time its messages take at the account's rate, in one atomic UPDATE, so
+    processes on several hosts share the rate without talking to each other.
+    """
+
+    __tablename__ = "rate_schedules"
+
+    account_id: Mapped[int] = mapped_column(
+        ForeignKey("provider_accounts.id", ondelete="CASCADE"), primary_key=True
+    )
+    next_at: Mapped[float] = mapped_column(Float, default=0.0)
+
+
+class OptOut(Base):
+    """An address or number that asked not to be sent to again, by any campaign."""
+
+    __tablename__ = "opt_outs"
+    __table_args__ = (UniqueConstraint("channel", "address", name="uq_opt_outs_channel_address"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    channel: Mapped[str] = mapped_column(String(8))
+    address: Mapped[str] = mapped_column(String(320))
+    reason: Mapped[str] = mapped_column(Text, default="")
+    campaign_id: Mapped[int | None] = mapped_column(ForeignKey("campaigns.id", ondelete="SET NULL"))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+
+
 class Campaign(Base):
-    """An email campaign: its content, its audience and its progress counters."""
+    """An email or SMS campaign: its content, its audience and its progress counters.
+
+    An SMS campaign keeps its message template in ``text_body`` and its sender
+    (number, alphanumeric id or messaging service) in ``sms_sender``.
+    """
 
     __tablename__ = "campaigns"
 
@@ -235,6 +298,12 @@ class Campaign(Base):
     html_body: Mapped[str] = mapped_column(Text, default="")
     text_body: Mapped[str] = mapped_column(Text, default="")
     delivery_method: Mapped[str] = mapped_column(String(16), default="outbox")
+    channel: Mapped[str] = mapped_column(String(8), default=Channel.EMAIL.value, server_default="email")
+    sms_sender: Mapped[str] = mapped_column(String(64), default="", server_default="")
+    # Set when delivery_method is "account": the API account the campaign sends through.
+    provider_account_id: Mapped[int | None] = mapped_column(
+        ForeignKey("provider_accounts.id", ondelete="SET NULL")
+    )
     # "background" (a unit or process of its own) or "foreground" (a thread of the web app).
     run_mode: Mapped[str | None] = mapped_column(String(16))
     # Moved by the running engine every few seconds; a foreground run whose
@@ -250,6 +319,7 @@ class Campaign(Base):
     finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
 
     contact_list: Mapped[ContactList | None] = relationship()
+    provider_account: Mapped[ProviderAccount | None] = relationship()
 
 
 class Delivery(Base):
@@ -299,7 +369,7 @@ class JobEvent(Base):
 class Setting(Base):
     """A runtime setting an admin edits in the web app, stored as JSON.
 
-    Secret values inside are encrypted by ``messagehub.secrets`` before they
+    Secret values inside are encrypted by ``messagehub.secretbox`` before they
     reach this table.
     """
 

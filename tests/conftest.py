@@ -16,6 +16,8 @@ from messagehub.auth.passwords import create_user
 from messagehub.extensions import db
 from tests.smtpserver import SmtpTestServer
 
+pytest_plugins = ["tests.fakes.http_fixtures", "tests.fakes.aws_fixtures", "tests.background"]
+
 REPO = Path(__file__).resolve().parent.parent
 PASSWORD = "correct horse battery"
 

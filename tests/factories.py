@@ -12,7 +12,8 @@ from flask import Flask
 from messagehub.contacts.loading import load_file, start_report
 from messagehub.delivery_settings import save_smtp_settings
 from messagehub.extensions import db
-from messagehub.models import Campaign, Contact, ContactList, Delivery, ImportReport
+from messagehub.models import Campaign, Contact, ContactList, Delivery, ImportReport, ProviderAccount
+from messagehub.provider_accounts import KINDS, store_secrets
 from messagehub.providers.smtp import SmtpSettings
 
 
@@ -71,6 +72,24 @@ def use_smtp_server(app: Flask, port: int, **settings) -> None:
             keep_password=False,
         )
         db.session.commit()
+
+
+def make_account(app: Flask, kind: str, values: dict, rate: float, name: str | None = None) -> int:
+    """Create a provider account of ``kind`` from field values, secrets encrypted, and return its id."""
+    provider = KINDS[kind]
+    secret_names = {spec.name for spec in provider.secret_fields}
+    with app.app_context():
+        account = ProviderAccount(
+            name=name or f"{provider.label} test",
+            kind=kind,
+            settings={key: value for key, value in values.items() if key not in secret_names},
+            secrets_encrypted="",
+            rate_per_second=rate,
+        )
+        store_secrets(account, app.config["SECRET_KEY"], {key: values[key] for key in secret_names if key in values})
+        db.session.add(account)
+        db.session.commit()
+        return account.id
 
 
 def deliveries(app: Flask, campaign_id: int) -> list[Delivery]:

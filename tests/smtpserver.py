@@ -120,6 +120,7 @@ class SmtpTestServer:
         require_starttls: bool = False,
         implicit_tls: Certificate | None = None,
         record_dir: Path | None = None,
+        pipelining: bool = True,
     ):
         self.host = host
         self._requested_port = port
@@ -128,6 +129,7 @@ class SmtpTestServer:
         self._require_starttls = require_starttls
         self._implicit_tls = implicit_tls
         self._handler = _FaultHandler(auth=auth, require_auth=require_auth, record_dir=record_dir)
+        self._handler.pipelining = pipelining
         self._controller: _Controller | None = None
 
     def __enter__(self) -> SmtpTestServer:
@@ -342,6 +344,16 @@ class _FaultHandler:
         self._stalls: collections.deque[float] = collections.deque()
         # Sessions with an open connection; only touched in the server thread.
         self.live: set[_TestSMTP] = set()
+        # Advertise PIPELINING (RFC 2920), as Postfix and most relays do.
+        # aiosmtpd reads commands one line at a time, so it serves a
+        # pipelined group in order without advertising it itself.
+        self.pipelining = True
+
+    async def handle_EHLO(self, server: SMTP, session: Any, envelope: Any, hostname: str, responses: list[str]) -> list[str]:
+        session.host_name = hostname
+        if self.pipelining:
+            responses.insert(len(responses) - 1, "250-PIPELINING")
+        return responses
 
     @property
     def connection_count(self) -> int:

@@ -9,56 +9,18 @@ every recipient receives.
 from __future__ import annotations
 
 import collections
-import os
-import signal
-from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 from flask import Flask
 from flask.testing import FlaskClient
 
-from messagehub.auth.passwords import create_user
-from messagehub.extensions import db
-from messagehub.supervisor.choose import choose_supervisor
 from tests import factories
-from tests.conftest import PASSWORD, AuthActions, csrf_token, make_app
+from tests.background import post_form, wait_settled
 from tests.smtpserver import SmtpTestServer
 from tests.waiting import wait_for
 
-
 LIST_SIZE = 2000
 MID_RUN_SENT = 300
-RUN_TIMEOUT = 90.0
-
-
-
-
-@pytest.fixture
-def process_app(instance_path: Path) -> Iterator[Flask]:
-    """Return the app with plain-process campaigns and CSRF checks on, with an operator user."""
-    app = make_app(instance_path, SUPERVISOR="process", PROCESS_STOP_TIMEOUT=20.0)
-    with app.app_context():
-        create_user(db.session, "operator", PASSWORD, "operator")
-        db.session.commit()
-
-    yield app
-
-    # Kill only engines this test launched: each leads a session of its own.
-    for state in choose_supervisor(app.config).states():
-        if state.is_running and state.main_pid and os.getsid(state.main_pid) == state.main_pid:
-            os.killpg(state.main_pid, signal.SIGKILL)
-    with app.app_context():
-        db.engine.dispose()
-
-
-@pytest.fixture
-def operator(process_app: Flask) -> FlaskClient:
-    """Return a test client logged in as the operator through the login form."""
-    client = process_app.test_client()
-    response = AuthActions(client).login()
-    assert response.status_code == 303
-    return client
 
 
 @pytest.fixture
@@ -68,30 +30,6 @@ def smtp_campaign(process_app: Flask, smtp_server: SmtpTestServer) -> int:
     list_id = factories.make_list(process_app, contacts)
     factories.use_smtp_server(process_app, smtp_server.port)
     return factories.make_campaign(process_app, list_id, delivery_method="smtp")
-
-
-def post_form(client: FlaskClient, path: str, page: str, **fields: str) -> int:
-    """POST a form with the CSRF token of `page`, as a browser does, and return the status."""
-    token = csrf_token(client.get(page).get_data(as_text=True))
-    assert token, f"no csrf_token on {page}"
-    return client.post(path, data={**fields, "csrf_token": token}).status_code
-
-
-def campaign_status(app: Flask, campaign_id: int) -> str:
-    """Return the campaign's status in the database."""
-    return factories.campaign(app, campaign_id).status
-
-
-def wait_settled(app: Flask, campaign_id: int) -> str:
-    """Wait until the campaign's process ended and its status is no longer running, and return the status."""
-    supervisor = choose_supervisor(app.config)
-
-    def settled() -> bool:
-        state = supervisor.state(campaign_id)
-        return (state is None or not state.is_running) and campaign_status(app, campaign_id) != "running"
-
-    wait_for(settled, bool, RUN_TIMEOUT, interval=0.1)
-    return campaign_status(app, campaign_id)
 
 
 def wait_mid_run(server: SmtpTestServer) -> int:

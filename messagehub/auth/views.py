@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-from urllib.parse import urlsplit
 
 from flask import Blueprint, flash, redirect, render_template, request, url_for
 from flask_login import current_user, login_user, logout_user
@@ -14,6 +13,7 @@ from messagehub.auth.forms import ChangePasswordForm, LoginForm
 from messagehub.auth.passwords import set_password, verify_password
 from messagehub.extensions import db, login_manager
 from messagehub.models import User
+from messagehub.redirects import local_target
 
 bp = Blueprint("auth", __name__)
 bp.before_app_request(require_login)
@@ -74,8 +74,4 @@ def change_password():
 
 def _safe_next(target: str | None) -> str:
     """Return ``target`` if it is a path on this site, else the dashboard."""
-    if target:
-        parts = urlsplit(target)
-        if not parts.scheme and not parts.netloc and target.startswith("/") and not target.startswith("//"):
-            return target
-    return url_for("main.dashboard")
+    return local_target(target, url_for("main.dashboard"))

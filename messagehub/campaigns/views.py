@@ -9,6 +9,7 @@ import time
 from flask import (
     Blueprint,
     Response,
+    abort,
     current_app,
     flash,
     redirect,
@@ -22,14 +23,16 @@ from sqlalchemy import select
 from wtforms import SelectChoice
 
 from messagehub.auth.access import role_required
+from messagehub.campaigns import export as export_csv
 from messagehub.campaigns import foreground, service
-from messagehub.campaigns.forms import CampaignForm, TestSendForm
+from messagehub.campaigns.forms import CampaignForm, SmsCampaignForm, SmsTestForm, TestSendForm
 from messagehub.delivery_settings import SenderNotConfigured
 from messagehub.engine import status as campaign_status
 from messagehub.extensions import db
+from messagehub.htmx import wants_panel
 from messagehub.jobs import service as jobs_service
 from messagehub.messages.templating import CampaignTemplates, MissingFields, TemplateProblem, TemplateSyntaxProblem
-from messagehub.models import Campaign, CampaignStatus, Contact, ContactList, Delivery, Role
+from messagehub.models import Campaign, CampaignStatus, Channel, Contact, ContactList, Delivery, DeliveryStatus, Role
 from messagehub.providers.base import SendError
 from messagehub.supervisor.base import SupervisorError
 from messagehub.supervisor.choose import choose_supervisor
@@ -63,14 +66,34 @@ def index():
     return render_template("campaigns/index.html", campaigns=campaigns, statuses=STATUSES, selected=selected)
 
 
+def _delivery_choices(channel: str) -> list[SelectChoice]:
+    """Return the ways a campaign of ``channel`` can be sent: outbox and SMTP for email, then accounts."""
+    return [SelectChoice(value, label) for value, label in service.delivery_choices(db.session, channel)]
+
+
+def _campaign_form(channel: str, campaign: Campaign | None = None) -> CampaignForm | SmsCampaignForm:
+    """Build the form of a campaign of ``channel``, with its lists and ways of sending to choose from."""
+    form_class = SmsCampaignForm if channel == Channel.SMS.value else CampaignForm
+    form = form_class(obj=campaign)
+    form.list_id.choices = _list_choices()
+    form.delivery_method.choices = _delivery_choices(channel)
+    if campaign is not None and campaign.delivery_method == "account" and not form.is_submitted():
+        form.delivery_method.data = f"account:{campaign.provider_account_id}"
+    return form
+
+
 @bp.route("/new", methods=["GET", "POST"])
 @role_required(Role.OPERATOR)
 def new():
-    """Create a draft campaign."""
-    form = CampaignForm()
-    form.list_id.choices = _list_choices()
-    if form.validate_on_submit() and _templates_compile(form):
-        campaign = Campaign()
+    """Create a draft email campaign, or an SMS campaign with ``?channel=sms``."""
+    channel = request.args.get("channel", Channel.EMAIL.value)
+    if channel not in (Channel.EMAIL.value, Channel.SMS.value):
+        channel = Channel.EMAIL.value
+    form = _campaign_form(channel)
+    if request.method == "GET":
+        _fill_defaults(form, channel)
+    if form.validate_on_submit() and _templates_compile(form, channel):
+        campaign = Campaign(channel=channel)
         _fill(campaign, form)
         db.session.add(campaign)
         db.session.commit()
@@ -78,7 +101,24 @@ def new():
         flash("Campaign saved as a draft. Check it, preview it, then send it.", "success")
         return redirect(url_for("campaigns.show", campaign_id=campaign.id), code=303)
 
-    return render_template("campaigns/edit.html", form=form, campaign=None), 400 if form.errors else 200
+    return render_template("campaigns/edit.html", form=form, campaign=None, channel=channel), 400 if form.errors else 200
+
+
+def _fill_defaults(form: CampaignForm | SmsCampaignForm, channel: str) -> None:
+    """Start an empty new-campaign form with the sending defaults of the settings page."""
+    defaults = service.load_sending_defaults(db.session)
+    if channel == Channel.SMS.value:
+        form.sms_sender.data = defaults.sms_sender
+        method = defaults.sms_delivery_method
+    else:
+        form.from_name.data = defaults.from_name
+        form.from_email.data = defaults.from_email
+        form.reply_to.data = defaults.reply_to
+        method = defaults.delivery_method
+
+    # A default account that was deleted since is no longer among the choices.
+    if method in {choice.value for choice in form.delivery_method.choices}:
+        form.delivery_method.data = method
 
 
 @bp.route("/<int:campaign_id>/edit", methods=["GET", "POST"])
@@ -90,21 +130,23 @@ def edit(campaign_id: int):
         flash("Only a draft can be edited; this campaign has been launched.", "error")
         return redirect(url_for("campaigns.show", campaign_id=campaign_id), code=303)
 
-    form = CampaignForm(obj=campaign)
-    form.list_id.choices = _list_choices()
-    if form.validate_on_submit() and _templates_compile(form):
+    form = _campaign_form(campaign.channel, campaign)
+    if form.validate_on_submit() and _templates_compile(form, campaign.channel):
         _fill(campaign, form)
         db.session.commit()
         flash("Campaign saved.", "success")
         return redirect(url_for("campaigns.show", campaign_id=campaign.id), code=303)
 
-    return render_template("campaigns/edit.html", form=form, campaign=campaign), 400 if form.errors else 200
+    return render_template("campaigns/edit.html", form=form, campaign=campaign, channel=campaign.channel), 400 if form.errors else 200
 
 
-def _templates_compile(form: CampaignForm) -> bool:
+def _templates_compile(form: CampaignForm | SmsCampaignForm, channel: str) -> bool:
     """Attach a template syntax error to the field it is in; tell whether all compile."""
     try:
-        CampaignTemplates.compile(form.subject.data, form.text_body.data or "", form.html_body.data or "")
+        if channel == Channel.SMS.value:
+            CampaignTemplates.compile("", form.text_body.data or "", "")
+        else:
+            CampaignTemplates.compile(form.subject.data, form.text_body.data or "", form.html_body.data or "")
     except TemplateSyntaxProblem as e:
         getattr(form, e.field).errors.append(str(e))
         return False
@@ -112,13 +154,28 @@ def _templates_compile(form: CampaignForm) -> bool:
 
 
 # Fields a campaign's form edits and a duplicate copies, besides the name.
-_CONTENT_FIELDS = ("list_id", "subject", "from_name", "from_email", "reply_to", "text_body", "html_body", "delivery_method")
+_CONTENT_FIELDS = (
+    "channel", "list_id", "subject", "from_name", "from_email", "reply_to", "text_body", "html_body",
+    "delivery_method", "provider_account_id", "sms_sender",
+)
+# Bodies are kept exactly as typed; every other text field is stripped.
+_VERBATIM_FIELDS = ("text_body", "html_body")
 
 
-def _fill(campaign: Campaign, form: CampaignForm) -> None:
+def _fill(campaign: Campaign, form: CampaignForm | SmsCampaignForm) -> None:
     for name in ("name", *_CONTENT_FIELDS):
-        value = getattr(form, name).data
-        setattr(campaign, name, value.strip() if isinstance(value, str) and name not in ("text_body", "html_body") else value)
+        if name not in form or name == "delivery_method":
+            continue
+        value = form[name].data
+        setattr(campaign, name, value.strip() if isinstance(value, str) and name not in _VERBATIM_FIELDS else value)
+
+    method = form.delivery_method.data or ""
+    if method.startswith("account:"):
+        campaign.delivery_method = "account"
+        campaign.provider_account_id = int(method.partition(":")[2])
+    else:
+        campaign.delivery_method = method
+        campaign.provider_account_id = None
 
 
 @bp.get("/<int:campaign_id>")
@@ -128,14 +185,18 @@ def show(campaign_id: int):
     contacts = []
     if campaign.list_id:
         contacts = db.session.execute(
-            select(Contact).where(Contact.list_id == campaign.list_id, Contact.email.is_not(None)).order_by(Contact.id).limit(20)
+            select(Contact)
+            .where(Contact.list_id == campaign.list_id, service.reachable(campaign.channel))
+            .order_by(Contact.id)
+            .limit(20)
         ).scalars().all()
     return render_template(
         "campaigns/show.html",
         campaign=campaign,
         contacts=contacts,
-        test_form=TestSendForm(),
+        test_form=SmsTestForm() if service.is_sms(campaign) else TestSendForm(),
         sending_here=foreground.is_running(campaign_id),
+        delivery_problem=service.delivery_problem(db.session, campaign, current_app.config["SECRET_KEY"]),
     )
 
 
@@ -145,9 +206,10 @@ def check(campaign_id: int):
     campaign = _campaign_or_404(campaign_id)
     try:
         result = service.check_campaign(db.session, campaign)
+        plan = service.sms_plan(db.session, campaign) if service.is_sms(campaign) else None
     except TemplateProblem as e:
-        return render_template("campaigns/_check.html", error=str(e), result=None)
-    return render_template("campaigns/_check.html", error=None, result=result)
+        return render_template("campaigns/_check.html", error=str(e), result=None, campaign=campaign, plan=None)
+    return render_template("campaigns/_check.html", error=None, result=result, campaign=campaign, plan=plan)
 
 
 @bp.get("/<int:campaign_id>/preview")
@@ -165,16 +227,18 @@ def preview(campaign_id: int):
             error = f"This contact lacks {', '.join(sorted(e.fields))}; add the field or give the template a default."
         except TemplateProblem as e:
             error = str(e)
-    template = "campaigns/_preview.html" if request.headers.get("HX-Request") else "campaigns/preview.html"
+    template = "campaigns/_preview.html" if wants_panel() else "campaigns/preview.html"
     return render_template(template, campaign=campaign, contact=contact, content=content, error=error)
 
 
 def _chosen_contact(campaign: Campaign, identifier: str) -> Contact | None:
-    """Find a contact of the campaign's list by id or address; the first one if none is named."""
-    query = select(Contact).where(Contact.list_id == campaign.list_id, Contact.email.is_not(None))
+    """Find a contact of the campaign's list by id, address or number; the first one if none is named."""
+    query = select(Contact).where(Contact.list_id == campaign.list_id, service.reachable(campaign.channel))
     identifier = identifier.strip()
     if identifier.isdigit():
         query = query.where(Contact.id == int(identifier))
+    elif identifier.startswith("+"):
+        query = query.where(Contact.phone == identifier)
     elif identifier:
         query = query.where(Contact.email_key == identifier.casefold())
     return db.session.execute(query.order_by(Contact.id).limit(1)).scalar()
@@ -185,7 +249,7 @@ def _chosen_contact(campaign: Campaign, identifier: str) -> Contact | None:
 def test_send(campaign_id: int):
     """Send one test message to an address the user typed."""
     campaign = _campaign_or_404(campaign_id)
-    form = TestSendForm()
+    form = SmsTestForm() if service.is_sms(campaign) else TestSendForm()
     if not form.validate_on_submit():
         for errors in form.errors.values():
             for error in errors:
@@ -222,7 +286,7 @@ def launch(campaign_id: int):
         flash("Choose background or foreground.", "error")
         return redirect(url_for("campaigns.show", campaign_id=campaign_id), code=303)
 
-    problem = service.launch_problem(db.session, campaign, foreground.is_running(campaign_id))
+    problem = service.launch_problem(db.session, campaign, current_app.config["SECRET_KEY"], foreground.is_running(campaign_id))
     if problem:
         flash(problem, "error")
         return redirect(url_for("campaigns.show", campaign_id=campaign_id), code=303)
@@ -332,14 +396,52 @@ def _sse(event: str, data: str) -> str:
     return f"event: {event}\n{lines}\n"
 
 
+# Recipients shown per page of a campaign's history.
+HISTORY_PAGE_SIZE = 100
+DELIVERY_STATUSES = [status.value for status in DeliveryStatus]
+
+
 @bp.get("/<int:campaign_id>/deliveries")
 def deliveries(campaign_id: int):
-    """List the campaign's recipients with each outcome, filtered by status."""
-    campaign = _campaign_or_404(campaign_id)
-    selected = request.args.get("status", "")
-    query = select(Delivery).where(Delivery.campaign_id == campaign_id).order_by(Delivery.id)
-    if selected:
-        query = query.where(Delivery.status == selected)
-    page = db.paginate(query, per_page=100, error_out=False)
-    return render_template("campaigns/deliveries.html", campaign=campaign, page=page, selected=selected)
+    """List the campaign's recipients with each outcome, filtered by status and address.
 
+    With ``?delivery=<id>`` the page also shows the message that delivery
+    carried; an htmx request for it gets only that panel.
+    """
+    campaign = _campaign_or_404(campaign_id)
+    opened = _opened_delivery(campaign, request.args.get("delivery", type=int))
+    if opened is not None and wants_panel():
+        return render_template("campaigns/_delivery.html", campaign=campaign, message=opened)
+
+    selected = request.args.get("status", "")
+    if selected not in DELIVERY_STATUSES:
+        selected = ""
+    search = request.args.get("q", "").strip()
+    page = db.paginate(service.history_query(campaign_id, selected, search), per_page=HISTORY_PAGE_SIZE, error_out=False)
+    return render_template(
+        "campaigns/deliveries.html",
+        campaign=campaign, page=page, selected=selected, search=search, statuses=DELIVERY_STATUSES, message=opened,
+    )
+
+
+def _opened_delivery(campaign: Campaign, delivery_id: int | None) -> service.SentMessage | None:
+    """Render the message of one delivery of ``campaign``; 404 when it belongs to another campaign."""
+    if delivery_id is None:
+        return None
+    delivery = db.session.get(Delivery, delivery_id)
+    if delivery is None or delivery.campaign_id != campaign.id:
+        abort(404)
+    return service.sent_message(db.session, campaign, delivery)
+
+
+@bp.get("/<int:campaign_id>/export")
+def export(campaign_id: int):
+    """Download one CSV row per delivery: address, name, outcome, provider reply and id, sent time."""
+    campaign = _campaign_or_404(campaign_id)
+    chunks = export_csv.result_csv(export_csv.result_rows(db.engine, campaign.id))
+    audit.info("user %s exported the results of campaign %s", current_user.username, campaign.id, extra={"campaign_id": campaign.id})
+    return Response(
+        chunks,
+        mimetype="text/csv",
+        headers={"Content-Disposition": f'attachment; filename="campaign-{campaign.id}-results.csv"'},
+    )

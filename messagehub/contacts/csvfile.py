@@ -111,6 +111,14 @@ class CsvTable:
                 self._bytes_done = min(self._raw.tell() - self._start, self.total_bytes)
                 text.detach()
 
+    def head(self, count: int) -> list[RawRecord]:
+        """Return the first ``count`` records after the header, as ``records()`` yields them."""
+        records = self.records()
+        try:
+            return list(itertools.islice(records, count))
+        finally:
+            records.close()
+
     def close(self) -> None:
         """Close the file if this table opened it; a caller's file stays open."""
         if self._owned:

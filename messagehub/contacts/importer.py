@@ -1,10 +1,11 @@
 """Turn the rows of a CSV export into validated contact records and a problem report.
 
-``open_csv`` reads the header and maps its columns to contact fields.
-``CsvFile.rows`` then streams one ``ContactRecord`` per accepted row and one
-``Problem`` per rejected, skipped or doubtful row, so the caller can write
-batches and show progress. Only the keys of the contacts seen so far are kept
-in memory, to find duplicates within the file.
+``open_csv`` reads the header and maps its columns to contact fields, by the
+header names or by an explicit choice per column. ``CsvFile.rows`` then
+streams one ``ContactRecord`` per accepted row and one ``Problem`` per
+rejected, skipped or doubtful row, so the caller can write batches and show
+progress. Only the keys of the contacts seen so far are kept in memory, to
+find duplicates within the file.
 
 This module imports no Flask and no database code.
 """
@@ -14,7 +15,7 @@ from __future__ import annotations
 import os
 import re
 import unicodedata
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import BinaryIO, NamedTuple
@@ -28,18 +29,25 @@ from email_validator.rfc_constants import CASE_INSENSITIVE_MAILBOX_NAMES
 from messagehub.contacts.csvfile import CsvFileError, CsvTable, RawRecord, open_table
 
 __all__ = [
+    "ATTRIBUTE",
+    "COLUMN_TARGETS",
+    "ColumnMappingError",
     "ContactRecord",
     "CsvFile",
     "CheckedValues",
     "CsvFileError",
     "FIELDS",
+    "IGNORE",
     "InvalidPhoneNumber",
     "Problem",
     "REJECTED",
     "SKIPPED",
     "WARNING",
+    "attribute_names",
     "check_values",
+    "default_targets",
     "map_columns",
+    "map_columns_as",
     "normalize_email",
     "normalize_header",
     "normalize_phone",
@@ -51,6 +59,12 @@ SKIPPED = "skipped"
 WARNING = "warning"
 
 FIELDS = ("email", "first_name", "last_name", "phone", "country")
+
+# Column targets besides the fields. ATTRIBUTE stores a column as an attribute
+# named after its header, and IGNORE drops it.
+ATTRIBUTE = "attribute"
+IGNORE = "ignore"
+COLUMN_TARGETS = (*FIELDS, ATTRIBUTE, IGNORE)
 
 # Header names as normalize_header() returns them, mapped to the field they fill.
 FIELD_ALIASES = {
@@ -133,6 +147,18 @@ class Problem:
     reason: str
 
 
+class ColumnMappingError(CsvFileError):
+    """A chosen column mapping that cannot be imported, with a message telling the user what to change.
+
+    ``positions`` are the 0-based positions of the columns concerned, empty
+    when the mapping as a whole is at fault.
+    """
+
+    def __init__(self, message: str, positions: tuple[int, ...] = ()) -> None:
+        super().__init__(message)
+        self.positions = positions
+
+
 class InvalidPhoneNumber(ValueError):
     """A phone number that cannot be parsed or is not valid, with the reason as message."""
 
@@ -155,14 +181,17 @@ class CsvFile:
     """A CSV contact list opened for import; close it or use it in a ``with`` block.
 
     ``mapping`` pairs each header cell, in file order, with the contact field or
-    attribute name its values go to. Header cells may repeat or be empty, so it
-    is a list and not a dict.
+    attribute name its values go to, or None for a column that is ignored.
+    Header cells may repeat or be empty, so it is a list and not a dict.
     """
 
-    def __init__(self, table: CsvTable) -> None:
+    def __init__(self, table: CsvTable, targets: Sequence[str] | None = None) -> None:
         self._table = table
-        self.mapping = map_columns(table.columns)
-        _require_contact_column(table.columns, self.mapping)
+        if targets is None:
+            self.mapping: list[tuple[str, str | None]] = list(map_columns(table.columns))
+            _require_contact_column(table.columns, self.mapping)
+        else:
+            self.mapping = map_columns_as(table.columns, targets)
 
     @property
     def encoding(self) -> str:
@@ -219,15 +248,21 @@ class CsvFile:
         self.close()
 
 
-def open_csv(source: str | os.PathLike[str] | BinaryIO) -> CsvFile:
-    """Open a CSV contact list by path or binary file object and map its header.
+def open_csv(source: str | os.PathLike[str] | BinaryIO, targets: Sequence[str] | None = None) -> CsvFile:
+    """Open a CSV contact list by path or binary file object and map its columns.
+
+    Without ``targets`` the header names decide, as ``map_columns`` does.
+    Otherwise ``targets`` gives one of COLUMN_TARGETS per column, in file
+    order, as ``map_columns_as`` takes them.
 
     :raises CsvFileError: the file is empty, binary or does not decode, or
         has no email or phone column.
+    :raises ColumnMappingError: ``targets`` cannot be imported (a subclass
+        of CsvFileError).
     """
     table = open_table(source)
     try:
-        return CsvFile(table)
+        return CsvFile(table, targets)
     except BaseException:
         table.close()
         raise
@@ -277,6 +312,66 @@ def map_columns(columns: list[str]) -> list[tuple[str, str]]:
         mapping.append((column, key))
 
     return mapping
+
+
+def map_columns_as(columns: list[str], targets: Sequence[str]) -> list[tuple[str, str | None]]:
+    """Pair each header cell with the key its values go to, as chosen by the user.
+
+    ``targets`` contains one of COLUMN_TARGETS per column. A field may be
+    chosen for one column only. ATTRIBUTE stores the column under its name
+    from ``attribute_names``, and IGNORE drops it (None in the mapping).
+
+    :raises ValueError: ``targets`` has the wrong length or an unknown target.
+    :raises ColumnMappingError: a field is chosen twice, or no column is
+        mapped to email or phone.
+    """
+    if len(targets) != len(columns):
+        raise ValueError(f"{len(targets)} targets given for {len(columns)} columns")
+
+    unknown = sorted(set(targets) - set(COLUMN_TARGETS))
+    if unknown:
+        raise ValueError(f"unknown column targets {unknown}: use one of {', '.join(COLUMN_TARGETS)}")
+
+    _reject_repeated_fields(columns, targets)
+    if "email" not in targets and "phone" not in targets:
+        raise ColumnMappingError(
+            "no column is mapped to email or phone: choose one of them for the column with the addresses or numbers"
+        )
+
+    names = attribute_names(columns)
+    mapping: list[tuple[str, str | None]] = []
+    for column, target, name in zip(columns, targets, names):
+        if target == IGNORE:
+            key = None
+        elif target == ATTRIBUTE:
+            key = name
+        else:
+            key = target
+        mapping.append((column, key))
+
+    return mapping
+
+
+def attribute_names(columns: list[str]) -> list[str]:
+    """Return the name each column's values get when it is mapped to an attribute.
+
+    The name is the normalised header, with a suffix "_2", "_3" and so on
+    when a field or an earlier column has it. It does not depend on what the
+    other columns are mapped to, so a form can show it before the choice.
+    """
+    taken: set[str] = set(FIELDS)
+    names = []
+    for position, column in enumerate(columns, start=1):
+        name = _unique_name(normalize_header(column, position), taken)
+        taken.add(name)
+        names.append(name)
+
+    return names
+
+
+def default_targets(columns: list[str]) -> list[str]:
+    """Return the target ``map_columns`` gives each column, as one of COLUMN_TARGETS."""
+    return [key if key in FIELDS else ATTRIBUTE for _, key in map_columns(columns)]
 
 
 def check_values(email_cell: str, phone_cell: str, country_cell: str, default_country: str | None) -> CheckedValues:
@@ -358,7 +453,7 @@ class _RowChecker:
     duplicates of it.
     """
 
-    def __init__(self, mapping: list[tuple[str, str]], default_country: str | None) -> None:
+    def __init__(self, mapping: list[tuple[str, str | None]], default_country: str | None) -> None:
         keys = [key for _, key in mapping]
         self._default_country = default_country
         self._width = len(keys)
@@ -367,7 +462,9 @@ class _RowChecker:
         self._last_name = _index(keys, "last_name")
         self._phone = _index(keys, "phone")
         self._country = _index(keys, "country")
-        self._attributes = [(position, key) for position, key in enumerate(keys) if key not in FIELDS]
+        self._attributes = [
+            (position, key) for position, key in enumerate(keys) if key is not None and key not in FIELDS
+        ]
         # The only state that grows with the file: each contact key and the line it was first seen on.
         self._first_lines: dict[str, int] = {}
 
@@ -462,7 +559,20 @@ def _read_country(value: str, problems: list[tuple[str, str, str, str]]) -> str 
     return None
 
 
-def _require_contact_column(columns: list[str], mapping: list[tuple[str, str]]) -> None:
+def _reject_repeated_fields(columns: list[str], targets: Sequence[str]) -> None:
+    for field in FIELDS:
+        positions = tuple(position for position, target in enumerate(targets) if target == field)
+        if len(positions) > 1:
+            names = ", ".join(f'"{_column_label(columns, position)}"' for position in positions)
+            message = f"more than one column is mapped to {field} ({names}): choose {field} for one column only"
+            raise ColumnMappingError(message, positions)
+
+
+def _column_label(columns: list[str], position: int) -> str:
+    return columns[position] or f"column {position + 1}"
+
+
+def _require_contact_column(columns: list[str], mapping: list[tuple[str, str | None]]) -> None:
     keys = {key for _, key in mapping}
     if "email" in keys or "phone" in keys:
         return
@@ -498,7 +608,7 @@ def _unique_name(name: str, taken: set[str]) -> str:
     return f"{name}_{suffix}"
 
 
-def _index(keys: list[str], field: str) -> int | None:
+def _index(keys: list[str | None], field: str) -> int | None:
     return keys.index(field) if field in keys else None
 
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 
 from sqlalchemy import Engine, select
 from sqlalchemy.orm import Session
@@ -33,17 +33,19 @@ def load_file(
     path: Path,
     default_country: str | None = None,
     on_progress: Callable[[ImportReport], None] | None = None,
+    targets: Sequence[str] | None = None,
 ) -> ImportReport:
     """Import ``path`` into the report's list, committing each batch and the counts with it.
 
     A batch commits its contacts, its problems and the report's counters in one
     transaction, so an import that dies half-way leaves a report that matches
-    what was loaded.
+    what was loaded. ``targets`` is the column mapping chosen by the user, as
+    ``open_csv`` takes it; without it the header names decide.
     """
     with Session(engine, expire_on_commit=False) as session:
         report = session.get(ImportReport, report_id)
         try:
-            csv_file = open_csv(path)
+            csv_file = open_csv(path, targets)
         except CsvFileError as e:
             return _fail(session, report, str(e))
 
@@ -68,6 +70,7 @@ def _load_rows(session: Session, report: ImportReport, csv_file, default_country
         session.commit()
         if on_progress is not None:
             on_progress(report)
+
 
 def _batches(items: Iterable, size: int) -> Iterable[list]:
     batch = []

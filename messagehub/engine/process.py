@@ -12,13 +12,15 @@ from typing import Callable
 
 from messagehub.config import load_config
 from messagehub.database import create_db_engine
-from messagehub.delivery_settings import SenderNotConfigured, open_sender
+from messagehub.delivery_settings import SenderNotConfigured, account_rate, open_sender
 from messagehub.engine import status as campaign_status
 from messagehub.engine.journal import campaign_log_handler
 from messagehub.engine.runner import CampaignRunner, EngineSettings, RunOutcome
 from messagehub.engine.sqlstore import SqlCampaignStore
 from messagehub.engine.store import Progress
 from messagehub.engine.systemd_notify import Notifier, status_text
+from messagehub.engine.workers import run_with_workers
+from messagehub.providers import quiet_sdk_loggers
 
 log = logging.getLogger("messagehub.processor")
 
@@ -45,6 +47,8 @@ def engine_settings(config: dict) -> EngineSettings:
         max_attempts=config["MAX_ATTEMPTS"],
         retry_base_seconds=config["RETRY_BASE_SECONDS"],
         retry_max_seconds=config["RETRY_MAX_SECONDS"],
+        error_rate_limit=config["ERROR_RATE_LIMIT"],
+        error_rate_window=config["ERROR_RATE_WINDOW"],
     )
 
 
@@ -54,12 +58,13 @@ def build_runner(
     stop: threading.Event,
     on_progress: Callable[[Progress], None] | None = None,
     heartbeat: Callable[[], None] | None = None,
+    partition: tuple[int, int] | None = None,
 ) -> CampaignRunner:
-    """Wire store, sender and settings for one campaign."""
+    """Wire store, sender and settings for one campaign, or for its ``partition`` (k, n)."""
     engine = create_db_engine(config["SQLALCHEMY_DATABASE_URI"])
     store = SqlCampaignStore(engine)
     spec = store.load_campaign(campaign_id)
-    sender = open_sender(spec.delivery_method, engine, config, campaign_id)
+    sender = open_sender(spec.delivery_method, engine, config, campaign_id, spec.provider_account_id)
     return CampaignRunner(
         store,
         sender,
@@ -67,6 +72,8 @@ def build_runner(
         stop=stop,
         on_progress=on_progress,
         heartbeat=_with_liveness(store, campaign_id, heartbeat),
+        rate=account_rate(engine, spec.provider_account_id),
+        partition=partition,
     )
 
 
@@ -109,6 +116,7 @@ def configure_logging(level: str, campaign_id: int | None = None) -> None:
     root = logging.getLogger()
     root.addHandler(campaign_log_handler(campaign_id, SYSLOG_IDENTIFIER))
     root.setLevel(level)
+    quiet_sdk_loggers()
 
 
 def notifying_progress(
@@ -144,8 +152,27 @@ def run_campaign(
     if notifier is not None:
         on_progress = notifying_progress(notifier, on_progress)
         heartbeat = notifier.heartbeat
+
+    connections = connection_count(campaign_id, config)
+    if connections > 1:
+        return run_with_workers(campaign_id, config, connections, stop, build_runner, on_progress, heartbeat)
     runner = build_runner(campaign_id, config, stop, on_progress, heartbeat)
     return runner.run(campaign_id)
+
+
+def connection_count(campaign_id: int, config: dict) -> int:
+    """Return how many SMTP connections, each in a process of its own, the campaign's run uses.
+
+    Only SMTP campaigns use several: API providers are held to their
+    account's rate, which one process keeps up with.
+    """
+    wanted = max(int(config.get("SMTP_CONNECTIONS", 1)), 1)
+    if wanted == 1:
+        return 1
+    store = SqlCampaignStore(create_db_engine(config["SQLALCHEMY_DATABASE_URI"]))
+    method = store.load_campaign(campaign_id).delivery_method
+    store.engine.dispose()
+    return wanted if method == "smtp" else 1
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -161,13 +188,25 @@ def main(argv: list[str] | None = None) -> int:
     notifier = Notifier.from_environment()
     try:
         outcome = run_campaign(campaign_id, config, notifier=notifier)
-    except (LookupError, campaign_status.StatusError, SenderNotConfigured) as e:
+    except SenderNotConfigured as e:
+        log.error("cannot run campaign %s: %s", campaign_id, e, extra={"campaign_id": campaign_id})
+        pause_unsendable(config, campaign_id, str(e))
+        report_end(notifier, f"cannot run: {e}")
+        return EXIT_USAGE
+    except (LookupError, campaign_status.StatusError) as e:
         log.error("cannot run campaign %s: %s", campaign_id, e, extra={"campaign_id": campaign_id})
         report_end(notifier, f"cannot run: {e}")
         return EXIT_USAGE
 
     report_end(notifier, f"{outcome.status}: {status_text(outcome.progress)}")
     return EXIT_CAMPAIGN_FAILED if outcome.status == campaign_status.FAILED else EXIT_OK
+
+
+def pause_unsendable(config: dict, campaign_id: int, reason: str) -> None:
+    """Pause a campaign marked running whose sender cannot be opened, keeping the reason for the web app."""
+    store = SqlCampaignStore(create_db_engine(config["SQLALCHEMY_DATABASE_URI"]))
+    if store.current_status(campaign_id) == campaign_status.RUNNING:
+        store.finish_run(campaign_id, campaign_status.PAUSED, f"Cannot send: {reason}")
 
 
 def report_end(notifier: Notifier, text: str) -> None:

@@ -6,22 +6,30 @@ import logging
 import random
 import threading
 import time
+from collections import Counter, deque
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Callable
 
 from messagehub.engine import status as campaign_status
+from messagehub.engine.rate import SharedRate
 from messagehub.engine.store import CampaignSpec, CampaignStore, Claimed, Progress, Recipient
-from messagehub.messages.mime import build_message, make_message_id
+from messagehub.messages.mime import build_from_content, make_message_id, message_id_domain
 from messagehub.messages.templating import CampaignTemplates, MissingFields, TemplateSyntaxProblem
-from messagehub.models import utcnow
+from messagehub.models import Channel, utcnow
 from messagehub.providers.base import (
+    BatchSender,
     ConnectionLost,
-    OutgoingMessage,
+    EmailContent,
+    Outgoing,
+    OutgoingSms,
     PermanentFailure,
     ProviderUnavailable,
+    SendError,
     Sender,
+    SendResult,
     TemporaryFailure,
+    Throttled,
 )
 
 log = logging.getLogger("messagehub.processor")
@@ -47,6 +55,10 @@ class EngineSettings:
     max_attempts: int = 5
     retry_base_seconds: float = 60.0
     retry_max_seconds: float = 3600.0
+    # Pause the campaign when more than this share of the last
+    # ``error_rate_window`` recipients failed for good (1.0 never pauses).
+    error_rate_limit: float = 0.25
+    error_rate_window: int = 200
 
     def clamped(self) -> EngineSettings:
         """Return a copy with every knob inside its sane range."""
@@ -57,6 +69,8 @@ class EngineSettings:
             max_attempts=min(max(int(self.max_attempts), 1), 100),
             retry_base_seconds=max(float(self.retry_base_seconds), 0.0),
             retry_max_seconds=max(float(self.retry_max_seconds), float(self.retry_base_seconds), 0.0),
+            error_rate_limit=min(max(float(self.error_rate_limit), 0.0), 1.0),
+            error_rate_window=min(max(int(self.error_rate_window), 10), 100_000),
         )
 
 
@@ -76,6 +90,43 @@ class _Attempt:
     handed_over: bool = False
 
 
+class ErrorRateExceeded(Exception):
+    """Too many recipients failed recently; the campaign pauses with this reason."""
+
+
+@dataclass
+class _ErrorWindow:
+    """The final outcomes of the last recipients, to notice a failing campaign early."""
+
+    limit: float
+    size: int
+    outcomes: deque = field(default_factory=deque)
+    replies: deque = field(default_factory=deque)
+
+    def add(self, failed: bool, reply: str = "") -> None:
+        self.outcomes.append(failed)
+        self.replies.append(reply if failed else "")
+        if len(self.outcomes) > self.size:
+            self.outcomes.popleft()
+            self.replies.popleft()
+
+    def check(self) -> None:
+        """Raise ErrorRateExceeded when the window is full and its failure share is over the limit."""
+        if self.limit >= 1.0 or len(self.outcomes) < self.size:
+            return
+        failures = sum(self.outcomes)
+        if failures / len(self.outcomes) <= self.limit:
+            return
+
+        message = (
+            f"Paused: {failures} of the last {len(self.outcomes)} recipients failed, "
+            f"over the limit of {self.limit:.0%}."
+        )
+        for reply, count in Counter(reply for reply in self.replies if reply).most_common(1):
+            message += f" Most frequent reply ({count} times): {reply[:300]}"
+        raise ErrorRateExceeded(message)
+
+
 @dataclass
 class CampaignRunner:
     """Sends one campaign through one sender, recording every outcome in the store.
@@ -88,18 +139,39 @@ class CampaignRunner:
     """
 
     store: CampaignStore
-    sender: Sender
+    sender: Sender | BatchSender
     settings: EngineSettings
     stop: threading.Event = field(default_factory=threading.Event)
     on_progress: Callable[[Progress], None] | None = None
     heartbeat: Callable[[], None] | None = None
     now: Callable[[], datetime] = utcnow
+    # The provider account's shared rate; None sends as fast as the sender goes.
+    rate: SharedRate | None = None
+    # (k, n): send only the deliveries whose id modulo n is k, beside n - 1
+    # other runners. None sends them all.
+    partition: tuple[int, int] | None = None
 
     def __post_init__(self) -> None:
         self.settings = self.settings.clamped()
+        self._errors = _ErrorWindow(self.settings.error_rate_limit, self.settings.error_rate_window)
+        if self.rate is not None:
+            self.rate.sleep = self._wait
 
     def run(self, campaign_id: int) -> RunOutcome:
         """Send every queued recipient of the campaign, resuming where a previous run stopped."""
+        started = self.begin(campaign_id)
+        if isinstance(started, RunOutcome):
+            self.sender.close()
+            return started
+
+        spec, templates, progress = started
+        return self._run_loop(spec, templates, progress, finish=True)
+
+    def begin(self, campaign_id: int) -> tuple[CampaignSpec, CampaignTemplates, Progress] | RunOutcome:
+        """Mark the campaign running, settle what a killed run left in flight, and report the counts.
+
+        Returns the failed outcome instead when a template does not compile.
+        """
         spec = self.store.load_campaign(campaign_id)
         extra = {"campaign_id": campaign_id}
 
@@ -119,21 +191,35 @@ class CampaignRunner:
             campaign_id, progress.total, progress.done, extra=extra,
         )
         self._report(progress)
+        return spec, templates, progress
 
+    def run_share(self, campaign_id: int) -> RunOutcome:
+        """Send this runner's ``partition`` of a campaign that another process began.
+
+        The final status is left to that process: when the partition has
+        nothing left to send, the outcome's status stays "running".
+        """
+        spec = self.store.load_campaign(campaign_id)
+        templates = CampaignTemplates.compile(spec.subject, spec.text_body, spec.html_body)
+        return self._run_loop(spec, templates, self.store.progress(campaign_id), finish=False)
+
+    def _run_loop(self, spec: CampaignSpec, templates: CampaignTemplates, progress: Progress, finish: bool) -> RunOutcome:
+        extra = {"campaign_id": spec.id}
         try:
-            outcome = self._send_all(spec, templates, progress)
+            outcome = self._send_all(spec, templates, progress, finish)
         except Exception as e:
             # Logged with the traceback for the operator; the campaign keeps a
             # one-line reason the web app can show.
-            log.exception("error running campaign %s", campaign_id, extra=extra)
-            self.store.finish_run(campaign_id, campaign_status.FAILED, f"{type(e).__name__}: {e}")
+            log.exception("error running campaign %s", spec.id, extra=extra)
+            self.store.finish_run(spec.id, campaign_status.FAILED, f"{type(e).__name__}: {e}")
             raise
         finally:
+            self.store.close()
             self.sender.close()
 
         log.info(
             "%s campaign %s: %d sent, %d failed, %d skipped, %d queued",
-            outcome.status, campaign_id, outcome.progress.sent, outcome.progress.failed,
+            outcome.status, spec.id, outcome.progress.sent, outcome.progress.failed,
             outcome.progress.skipped, outcome.progress.queued, extra=extra,
         )
         return outcome
@@ -151,7 +237,9 @@ class CampaignRunner:
                 extra={"campaign_id": campaign_id},
             )
 
-    def _send_all(self, spec: CampaignSpec, templates: CampaignTemplates, progress: Progress) -> RunOutcome:
+    def _send_all(
+        self, spec: CampaignSpec, templates: CampaignTemplates, progress: Progress, finish: bool = True
+    ) -> RunOutcome:
         unavailable_count = 0
         while True:
             self._beat()
@@ -161,15 +249,22 @@ class CampaignRunner:
                 # Paused from the web app or another process: leave the status as it is.
                 return RunOutcome(self.store.current_status(spec.id), self.store.progress(spec.id))
 
-            batch = self.store.next_batch(spec.id, self.settings.batch_size, self.now())
+            # An API that takes many recipients per request gets full requests.
+            size = max(self.settings.batch_size, int(getattr(self.sender, "batch_limit", 1)))
+            batch = self.store.next_batch(spec.id, size, self.now(), self.partition)
             if not batch:
                 if not self._wait_for_retries(spec.id):
                     break
                 continue
 
             try:
-                self._send_batch(spec, templates, batch, progress)
+                if hasattr(self.sender, "send_batch"):
+                    self._send_requests(spec, templates, batch, progress)
+                else:
+                    self._send_batch(spec, templates, batch, progress)
                 unavailable_count = 0
+            except ErrorRateExceeded as e:
+                return self._pause(spec.id, "error rate exceeded", error=str(e))
             except ProviderUnavailable as e:
                 if unavailable_count == len(UNAVAILABLE_WAITS):
                     return self._pause(spec.id, "provider unavailable", error=f"Provider unavailable: {e.reply}")
@@ -181,12 +276,14 @@ class CampaignRunner:
                 )
                 self._wait(wait)
 
+        if not finish:
+            return RunOutcome(campaign_status.RUNNING, self.store.progress(spec.id))
         self.store.finish_run(spec.id, campaign_status.FINISHED)
         return RunOutcome(campaign_status.FINISHED, self.store.progress(spec.id))
 
     def _wait_for_retries(self, campaign_id: int) -> bool:
         """Sleep until the next deferred delivery is due; False when nothing is left to send."""
-        retry_at = self.store.next_retry_at(campaign_id)
+        retry_at = self.store.next_retry_at(campaign_id, self.partition)
         if retry_at is None:
             return False
 
@@ -213,20 +310,30 @@ class CampaignRunner:
                 checked_at = time.monotonic()
                 if self.store.current_status(spec.id) != campaign_status.RUNNING:
                     return
-            outcome = self._deliver(spec, templates, recipient)
+            outcome, reply = self._deliver(spec, templates, recipient)
             self._beat()
-            if outcome:
-                progress.queued = max(progress.queued - 1, 0)
-                setattr(progress, outcome, getattr(progress, outcome) + 1)
-                self._report(progress)
+            self._count(progress, outcome, reply)
+            self._errors.check()
 
-    def _deliver(self, spec: CampaignSpec, templates: CampaignTemplates, recipient: Recipient) -> str | None:
-        """Send one message; return the final status it reached, or None if it stays queued."""
+    def _count(self, progress: Progress, outcome: str | None, reply: str = "") -> None:
+        """Add a recipient's final status to the progress and the error window, and report it."""
+        if not outcome:
+            return
+        progress.queued = max(progress.queued - 1, 0)
+        setattr(progress, outcome, getattr(progress, outcome) + 1)
+        if outcome in ("sent", "failed"):
+            self._errors.add(outcome == "failed", reply)
+        self._report(progress)
+
+    def _deliver(
+        self, spec: CampaignSpec, templates: CampaignTemplates, recipient: Recipient
+    ) -> tuple[str | None, str]:
+        """Send one message; return the final status it reached (None if it stays queued) and the reply."""
         try:
             message = self._compose(spec, templates, recipient)
         except (MissingFields, ValueError) as e:
             self.store.mark_failed(recipient.delivery_id, f"not sent: {e}")
-            return "failed"
+            return "failed", f"not sent: {e}"
 
         attempt = _Attempt()
 
@@ -241,25 +348,129 @@ class CampaignRunner:
                 "skipped delivery %s of campaign %s: another process sent it",
                 recipient.delivery_id, spec.id, extra={"campaign_id": spec.id},
             )
-            return None
+            return None, ""
         except PermanentFailure as e:
-            self.store.mark_failed(recipient.delivery_id, e.reply, attempt.handed_over)
-            log.info(
-                "failed delivery %s of campaign %s: %s",
-                recipient.delivery_id, spec.id, e.reply, extra={"campaign_id": spec.id},
-            )
-            return "failed"
+            return self._fail(spec, recipient, e, attempt.handed_over), e.reply
         except (TemporaryFailure, ConnectionLost) as e:
-            return self._defer(spec.id, recipient, e, attempt.handed_over)
+            return self._defer(spec.id, recipient, e, attempt.handed_over), e.reply
 
         self.store.mark_sent(recipient.delivery_id, result.reply, result.provider_id)
-        return "sent"
+        return "sent", result.reply
 
-    def _compose(self, spec: CampaignSpec, templates: CampaignTemplates, recipient: Recipient) -> OutgoingMessage:
+    def _send_requests(
+        self, spec: CampaignSpec, templates: CampaignTemplates, batch: list[Recipient], progress: Progress
+    ) -> None:
+        """Send a batch through an API sender, as many recipients per request as it takes."""
+        batch = self._drop_opted_out(spec, batch, progress)
+        size = max(int(getattr(self.sender, "batch_limit", 1)), 1)
+        checked_at = time.monotonic()
+        for start in range(0, len(batch), size):
+            if self.stop.is_set():
+                return
+            if time.monotonic() - checked_at >= STATUS_CHECK_INTERVAL:
+                checked_at = time.monotonic()
+                if self.store.current_status(spec.id) != campaign_status.RUNNING:
+                    return
+            self._send_request(spec, templates, batch[start : start + size], progress)
+            self._beat()
+            self._errors.check()
+
+    def _drop_opted_out(self, spec: CampaignSpec, batch: list[Recipient], progress: Progress) -> list[Recipient]:
+        """Skip recipients who opted out after the campaign was queued (in another campaign, say)."""
+        opted_out = self.store.opted_out(spec.channel, [recipient.address for recipient in batch])
+        for recipient in batch:
+            if recipient.address in opted_out:
+                self.store.mark_skipped(recipient.delivery_id, "opted out")
+                self._count(progress, "skipped")
+        return [recipient for recipient in batch if recipient.address not in opted_out]
+
+    def _send_request(
+        self, spec: CampaignSpec, templates: CampaignTemplates, recipients: list[Recipient], progress: Progress
+    ) -> None:
+        """Compose, claim, pace and send one request's recipients, then record each outcome."""
+        composed: list[tuple[Recipient, Outgoing]] = []
+        for recipient in recipients:
+            try:
+                composed.append((recipient, self._compose(spec, templates, recipient)))
+            except (MissingFields, ValueError) as e:
+                self.store.mark_failed(recipient.delivery_id, f"not sent: {e}")
+                self._count(progress, "failed", f"not sent: {e}")
+
+        won = self.store.mark_sending_many([(r.delivery_id, m.message_id) for r, m in composed])
+        composed = [(r, m) for r, m in composed if r.delivery_id in won]
+        if not composed:
+            return
+
+        if self.rate is not None:
+            self.rate.acquire(len(composed))
+        try:
+            outcomes = self.sender.send_batch([message for _, message in composed])
+        except Throttled as e:
+            self._throttled(spec.id, [r for r, _ in composed], e)
+            return
+        except (ConnectionLost, ProviderUnavailable) as e:
+            # Nothing reached the provider: queue the batch again as it was.
+            for recipient, _ in composed:
+                self.store.release(recipient.delivery_id, e.reply, self.now())
+            raise ProviderUnavailable(e.reply) from e
+        except TemporaryFailure as e:
+            outcomes = [e] * len(composed)
+
+        for (recipient, _), outcome in zip(composed, outcomes, strict=True):
+            status = self._record(spec, recipient, outcome)
+            self._count(progress, status, getattr(outcome, "reply", ""))
+
+    def _record(self, spec: CampaignSpec, recipient: Recipient, outcome: SendResult | SendError) -> str | None:
+        """Commit one handed-over message's outcome; return its final status, or None if queued again."""
+        if isinstance(outcome, SendResult):
+            reply = outcome.reply if outcome.confirmed else f"unconfirmed: {outcome.reply}"
+            self.store.mark_sent(recipient.delivery_id, reply, outcome.provider_id)
+            return "sent"
+        if isinstance(outcome, PermanentFailure):
+            return self._fail(spec, recipient, outcome, handed_over=True)
+        if isinstance(outcome, Throttled):
+            self._throttled(spec.id, [recipient], outcome)
+            return None
+        if isinstance(outcome, TemporaryFailure) and outcome.retry_after == 0:
+            # Refused with a request another recipient spoiled: due again at once.
+            self.store.release(recipient.delivery_id, outcome.reply, self.now())
+            return None
+        return self._defer(spec.id, recipient, outcome, handed_over=True)
+
+    def _throttled(self, campaign_id: int, recipients: list[Recipient], error: Throttled) -> None:
+        """Queue throttled recipients again, free of charge, and hold the whole account back."""
+        wait = error.retry_after if error.retry_after is not None else 1.0
+        if self.rate is not None:
+            self.rate.hold(wait)
+        retry_at = self.now() + timedelta(seconds=wait)
+        for recipient in recipients:
+            self.store.release(recipient.delivery_id, error.reply, retry_at)
+        log.info(
+            "provider throttled campaign %s, %d messages wait %.1f s: %s",
+            campaign_id, len(recipients), wait, error.reply, extra={"campaign_id": campaign_id},
+        )
+
+    def _fail(self, spec: CampaignSpec, recipient: Recipient, error: PermanentFailure, handed_over: bool) -> str:
+        """Commit a permanent failure, and remember an opt-out so no campaign sends there again."""
+        self.store.mark_failed(recipient.delivery_id, error.reply, handed_over)
+        if getattr(error, "opted_out", False):
+            self.store.record_opt_out(spec.channel, recipient.address, error.reply, spec.id)
+        log.info(
+            "failed delivery %s of campaign %s: %s",
+            recipient.delivery_id, spec.id, error.reply, extra={"campaign_id": spec.id},
+        )
+        return "failed"
+
+    def _compose(self, spec: CampaignSpec, templates: CampaignTemplates, recipient: Recipient) -> Outgoing:
         content = templates.render(recipient.context)
-        domain = self.settings.message_id_domain or spec.from_email.rpartition("@")[2] or "localhost"
+        domain = message_id_domain(self.settings.message_id_domain, spec.from_email)
         message_id = make_message_id(spec.id, recipient.delivery_id, domain, self.settings.install_token)
-        return build_message(
+        if spec.channel == Channel.SMS.value:
+            return OutgoingSms(
+                recipient=recipient.address, sender=spec.sms_sender, body=content.text, message_id=message_id
+            )
+
+        parts = EmailContent(
             subject=content.subject,
             text=content.text,
             html=content.html,
@@ -268,8 +479,8 @@ class CampaignRunner:
             reply_to=spec.reply_to,
             to_name=recipient.to_name,
             to_email=recipient.address,
-            message_id=message_id,
         )
+        return build_from_content(parts, message_id)
 
     def _defer(self, campaign_id: int, recipient: Recipient, error: Exception, handed_over: bool) -> str | None:
         """Queue a temporary failure again with backoff, or fail it after the last attempt."""

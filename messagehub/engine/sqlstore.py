@@ -4,13 +4,14 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import Engine, and_, bindparam, func, insert, literal, select, update
-from sqlalchemy.orm import Session
+from sqlalchemy import Engine, and_, bindparam, exists, func, insert, literal, select, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session, aliased
 
 from messagehub.engine import status as campaign_status
 from messagehub.engine.store import CampaignSpec, Claimed, InDoubt, Progress, Recipient
 from messagehub.messages.templating import build_context
-from messagehub.models import Campaign, Contact, Delivery, DeliveryStatus, UTCDateTime, utcnow
+from messagehub.models import Campaign, Channel, Contact, Delivery, DeliveryStatus, OptOut, UTCDateTime, utcnow
 
 QUEUED = DeliveryStatus.QUEUED.value
 SENDING = DeliveryStatus.SENDING.value
@@ -47,11 +48,16 @@ _MOVE = (
     )
     .returning(_deliveries.c.campaign_id)
 )
-# Campaign counter bumped by each final delivery status.
+# Campaign counter moved by each final delivery status, by "n" deliveries.
 _COUNT = {
-    status: update(_campaigns).where(_campaigns.c.id == bindparam("c_id")).values({column: column + 1})
+    status: update(_campaigns).where(_campaigns.c.id == bindparam("c_id")).values({column: column + bindparam("n")})
     for status, column in ((SENT, _campaigns.c.sent), (FAILED, _campaigns.c.failed), (SKIPPED, _campaigns.c.skipped))
 }
+
+# Most "sent" outcomes kept in memory before they are written on their own.
+# They are written sooner with the next claim, in its transaction, so a busy
+# run commits once per message instead of twice.
+PENDING_LIMIT = 100
 
 
 class SqlCampaignStore:
@@ -63,6 +69,8 @@ class SqlCampaignStore:
 
     def __init__(self, engine: Engine):
         self.engine = engine
+        self._pending: list[dict] = []
+        self._claim_connection = None
 
     def load_campaign(self, campaign_id: int) -> CampaignSpec:
         with Session(self.engine) as session:
@@ -81,6 +89,9 @@ class SqlCampaignStore:
                 from_email=campaign.from_email,
                 reply_to=campaign.reply_to,
                 delivery_method=campaign.delivery_method,
+                channel=campaign.channel,
+                sms_sender=campaign.sms_sender,
+                provider_account_id=campaign.provider_account_id,
             )
 
     def start_run(self, campaign_id: int) -> None:
@@ -104,21 +115,17 @@ class SqlCampaignStore:
             raise campaign_status.StatusError(f"Campaign {campaign.id} has no contact list.")
 
         now = utcnow()
-        contacts = Contact.__table__
-        for selected, status, reply in (
-            (and_(contacts.c.email.is_not(None), contacts.c.unsubscribed.is_(False)), QUEUED, None),
-            (and_(contacts.c.email.is_not(None), contacts.c.unsubscribed.is_(True)), SKIPPED, "unsubscribed"),
-            (contacts.c.email.is_(None), SKIPPED, "no email address"),
-        ):
+        for selected, status, reply in _audience_rules(campaign.channel):
+            address = Contact.phone if campaign.channel == Channel.SMS.value else Contact.email
             rows = select(
                 literal(campaign.id),
-                contacts.c.id,
-                func.coalesce(contacts.c.email, ""),
+                Contact.id,
+                func.coalesce(address, ""),
                 literal(status),
                 literal(reply),
                 literal(now),
                 literal(now),
-            ).where(contacts.c.list_id == campaign.list_id, selected)
+            ).where(Contact.list_id == campaign.list_id, selected)
             session.execute(
                 insert(Delivery).from_select(
                     ["campaign_id", "contact_id", "address", "status", "provider_reply", "queued_at", "updated_at"],
@@ -137,6 +144,7 @@ class SqlCampaignStore:
         campaign.failed = 0
 
     def in_doubt(self, campaign_id: int) -> list[InDoubt]:
+        self.flush()
         with Session(self.engine) as session:
             rows = session.execute(
                 select(Delivery.id, Delivery.message_id).where(
@@ -160,7 +168,10 @@ class SqlCampaignStore:
                 "before the server answered; not sent again",
             )
 
-    def next_batch(self, campaign_id: int, limit: int, now: datetime) -> list[Recipient]:
+    def next_batch(
+        self, campaign_id: int, limit: int, now: datetime, partition: tuple[int, int] | None = None
+    ) -> list[Recipient]:
+        self.flush()
         query = (
             select(Delivery.id, Delivery.address, Delivery.attempts, Contact)
             .join(Contact, Contact.id == Delivery.contact_id, isouter=True)
@@ -168,6 +179,7 @@ class SqlCampaignStore:
                 Delivery.campaign_id == campaign_id,
                 Delivery.status == QUEUED,
                 (Delivery.next_attempt_at.is_(None)) | (Delivery.next_attempt_at <= now),
+                _in_partition(partition),
             )
             .order_by(Delivery.id)
             .limit(limit)
@@ -179,15 +191,81 @@ class SqlCampaignStore:
             ]
 
     def mark_sending(self, delivery_id: int, message_id: str) -> None:
-        with self.engine.begin() as connection:
+        # A connection of its own, kept open: between this commit and the
+        # sender's write, a killed process loses the message, so no pool
+        # check-in or other work may sit in between.
+        if self._claim_connection is None:
+            self._claim_connection = self.engine.connect()
+        connection = self._claim_connection
+        with connection.begin():
+            self._write_pending(connection)
             # Conditional on the row still being queued: of two processes that
             # reach the point of no return for one recipient, only one wins.
             result = connection.execute(_CLAIM, {"d_id": delivery_id, "m_id": message_id, "now": utcnow()})
-            if result.rowcount != 1:
-                raise Claimed(f"delivery {delivery_id} was handed over by another process")
+
+        # Raised after the commit, so the pending outcomes written with it stay written.
+        if result.rowcount != 1:
+            raise Claimed(f"delivery {delivery_id} was handed over by another process")
+
+    def close(self) -> None:
+        """Write what is pending and close the connection kept for claims."""
+        self.flush()
+        connection, self._claim_connection = self._claim_connection, None
+        if connection is not None:
+            connection.close()
+
+    def flush(self) -> None:
+        """Write the "sent" outcomes still kept in memory."""
+        if not self._pending:
+            return
+        with self.engine.begin() as connection:
+            self._write_pending(connection)
+
+    def mark_sending_many(self, claims: list[tuple[int, str]]) -> set[int]:
+        won = set()
+        now = utcnow()
+        with self.engine.begin() as connection:
+            self._write_pending(connection)
+            for delivery_id, message_id in claims:
+                result = connection.execute(_CLAIM, {"d_id": delivery_id, "m_id": message_id, "now": now})
+                if result.rowcount == 1:
+                    won.add(delivery_id)
+        return won
+
+    def release(self, delivery_id: int, reply: str, retry_at: datetime) -> None:
+        self._move(delivery_id, SENDING, QUEUED, reply=reply, retry_at=retry_at, bump=-1)
+
+    def mark_skipped(self, delivery_id: int, reason: str) -> None:
+        self._move(delivery_id, QUEUED, SKIPPED, reply=reason)
+
+    def opted_out(self, channel: str, addresses: list[str]) -> set[str]:
+        if not addresses:
+            return set()
+        with Session(self.engine) as session:
+            return set(
+                session.execute(
+                    select(OptOut.address).where(OptOut.channel == channel, OptOut.address.in_(addresses))
+                ).scalars()
+            )
+
+    def record_opt_out(self, channel: str, address: str, reason: str, campaign_id: int) -> None:
+        try:
+            with self.engine.begin() as connection:
+                connection.execute(
+                    insert(OptOut).values(
+                        channel=channel, address=address, reason=reason, campaign_id=campaign_id, created_at=utcnow()
+                    )
+                )
+        except IntegrityError:
+            pass  # recorded already, by this campaign or another
 
     def mark_sent(self, delivery_id: int, reply: str, provider_id: str | None) -> None:
-        self._move(delivery_id, SENDING, SENT, reply=reply, provider_id=provider_id)
+        # Kept in memory until the next write: a process killed before then
+        # leaves the row in "sending", which the next run settles as sent,
+        # unconfirmed. Nothing is lost and nothing is sent twice.
+        self._pending.append(_move_parameters(delivery_id, SENDING, SENT, reply=reply, provider_id=provider_id))
+        if len(self._pending) >= PENDING_LIMIT:
+            self.flush()
 
     def mark_failed(self, delivery_id: int, reply: str, handed_over: bool = False) -> None:
         # mark_sending already counted the attempt of a handed-over message.
@@ -200,15 +278,17 @@ class SqlCampaignStore:
         previous = SENDING if handed_over else QUEUED
         self._move(delivery_id, previous, QUEUED, reply=reply, retry_at=retry_at, bump=0 if handed_over else 1)
 
-    def next_retry_at(self, campaign_id: int) -> datetime | None:
+    def next_retry_at(self, campaign_id: int, partition: tuple[int, int] | None = None) -> datetime | None:
+        self.flush()
         with Session(self.engine) as session:
             return session.execute(
                 select(func.min(func.coalesce(Delivery.next_attempt_at, Delivery.queued_at))).where(
-                    Delivery.campaign_id == campaign_id, Delivery.status == QUEUED
+                    Delivery.campaign_id == campaign_id, Delivery.status == QUEUED, _in_partition(partition)
                 )
             ).scalar()
 
     def progress(self, campaign_id: int) -> Progress:
+        self.flush()
         with Session(self.engine) as session:
             counts = dict(
                 session.execute(
@@ -234,6 +314,7 @@ class SqlCampaignStore:
             return session.execute(select(Campaign.status).where(Campaign.id == campaign_id)).scalar_one()
 
     def finish_run(self, campaign_id: int, status: str, error: str | None = None) -> None:
+        self.flush()
         with Session(self.engine) as session, session.begin():
             campaign = session.get(Campaign, campaign_id, with_for_update=True)
             # The web app may have paused it meanwhile. A pause that comes
@@ -256,27 +337,103 @@ class SqlCampaignStore:
         retry_at: datetime | None = None,
         bump: int = 0,
     ) -> None:
-        """Move one delivery from ``previous`` to ``new``, counting a final status on the campaign.
+        """Move one delivery from ``previous`` to ``new``, with the pending outcomes, in one transaction."""
+        self._pending.append(
+            _move_parameters(
+                delivery_id, previous, new, reply=reply, provider_id=provider_id, retry_at=retry_at, bump=bump
+            )
+        )
+        self.flush()
 
-        The delivery row and the campaign counter change in one transaction,
+    def _write_pending(self, connection) -> None:
+        """Apply the pending moves and their campaign counters on ``connection``.
+
+        The delivery rows and the counters change in the caller's transaction,
         so the counters always match the rows, whenever the process dies.
         """
-        now = utcnow()
-        parameters = {
-            "d_id": delivery_id,
-            "d_from": previous,
-            "d_to": new,
-            "reply": reply,
-            "p_id": provider_id,
-            "retry_at": retry_at,
-            "bump": bump,
-            "now": now,
-            "sent_at": now if new == SENT else None,
-        }
-        with self.engine.begin() as connection:
+        pending, self._pending = self._pending, []
+        counts: dict[tuple[int, str], int] = {}
+        for parameters in pending:
             campaign_id = connection.execute(_MOVE, parameters).scalar()
-            if campaign_id is not None and new in _COUNT:
-                connection.execute(_COUNT[new], {"c_id": campaign_id})
+            if campaign_id is not None and parameters["d_to"] in _COUNT:
+                key = (campaign_id, parameters["d_to"])
+                counts[key] = counts.get(key, 0) + 1
+
+        for (campaign_id, status), count in counts.items():
+            connection.execute(_COUNT[status], {"c_id": campaign_id, "n": count})
+
+
+def _move_parameters(
+    delivery_id: int,
+    previous: str,
+    new: str,
+    *,
+    reply: str | None = None,
+    provider_id: str | None = None,
+    retry_at: datetime | None = None,
+    bump: int = 0,
+) -> dict:
+    """Return the parameters of ``_MOVE`` for one delivery."""
+    now = utcnow()
+    return {
+        "d_id": delivery_id,
+        "d_from": previous,
+        "d_to": new,
+        "reply": reply,
+        "p_id": provider_id,
+        "retry_at": retry_at,
+        "bump": bump,
+        "now": now,
+        "sent_at": now if new == SENT else None,
+    }
+
+
+def _in_partition(partition: tuple[int, int] | None):
+    """Return the condition that keeps a runner to its share of the deliveries."""
+    if partition is None:
+        return literal(True)
+    share, shares = partition
+    return Delivery.id % shares == share
+
+
+def _audience_rules(channel: str) -> list[tuple]:
+    """Return (condition, status, reason) for each kind of contact of a list, for ``channel``.
+
+    The conditions exclude each other, so every contact of the list gets
+    exactly one delivery row. A list may hold one phone number under several
+    contacts (a household, a shared office line): an SMS campaign sends to
+    the first of them and skips the others.
+    """
+    if channel == Channel.SMS.value:
+        address, missing = Contact.phone, "no phone number"
+        usable = Contact.phone.like("+%")
+        unusable = (Contact.phone.not_like("+%"), SKIPPED, "phone number not in E.164 form")
+        earlier = aliased(Contact)
+        duplicate = exists().where(
+            earlier.list_id == Contact.list_id,
+            earlier.phone == Contact.phone,
+            earlier.unsubscribed.is_(False),
+            earlier.id < Contact.id,
+        )
+    else:
+        address, missing = Contact.email, "no email address"
+        usable = literal(True)
+        unusable = None
+        duplicate = literal(False)
+
+    opted_out = exists().where(OptOut.channel == channel, OptOut.address == address)
+    present = and_(address.is_not(None), usable)
+    subscribed = and_(present, Contact.unsubscribed.is_(False))
+    rules = [
+        (and_(subscribed, ~opted_out, ~duplicate), QUEUED, None),
+        (and_(present, Contact.unsubscribed.is_(True)), SKIPPED, "unsubscribed"),
+        (and_(subscribed, opted_out), SKIPPED, "opted out"),
+        (and_(subscribed, ~opted_out, duplicate), SKIPPED, "same phone number as an earlier contact of the list"),
+        (address.is_(None), SKIPPED, missing),
+    ]
+    if unusable is not None:
+        rules.append((and_(address.is_not(None), unusable[0]), unusable[1], unusable[2]))
+    return rules
 
 
 def _display_name(contact: Contact | None) -> str:

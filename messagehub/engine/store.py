@@ -21,6 +21,9 @@ class CampaignSpec:
     from_email: str
     reply_to: str
     delivery_method: str
+    channel: str = "email"
+    sms_sender: str = ""
+    provider_account_id: int | None = None
 
 
 @dataclass(frozen=True)
@@ -77,14 +80,37 @@ class CampaignStore(Protocol):
     def resolve(self, delivery_id: int, delivered: bool | None) -> None:
         """Settle an in-doubt delivery: sent, queued again, or sent unconfirmed (None)."""
 
-    def next_batch(self, campaign_id: int, limit: int, now: datetime) -> list[Recipient]:
-        """Return up to ``limit`` queued deliveries due at ``now``, oldest first."""
+    def next_batch(
+        self, campaign_id: int, limit: int, now: datetime, partition: tuple[int, int] | None = None
+    ) -> list[Recipient]:
+        """Return up to ``limit`` queued deliveries due at ``now``, oldest first, of ``partition`` (k, n) if given."""
 
     def mark_sending(self, delivery_id: int, message_id: str) -> None:
         """Commit that the message is being handed over; raise Claimed if already taken."""
 
+    def mark_sending_many(self, claims: list[tuple[int, str]]) -> set[int]:
+        """Commit a batch of (delivery id, message id) as handed over; return the ids this run won."""
+
+    def release(self, delivery_id: int, reply: str, retry_at: datetime) -> None:
+        """Queue a handed-over delivery again without counting the attempt: the provider took nothing."""
+
+    def mark_skipped(self, delivery_id: int, reason: str) -> None:
+        """Commit that a queued delivery will not be sent, and why."""
+
+    def opted_out(self, channel: str, addresses: list[str]) -> set[str]:
+        """Return which of ``addresses`` opted out of ``channel`` messages."""
+
+    def record_opt_out(self, channel: str, address: str, reason: str, campaign_id: int) -> None:
+        """Remember that ``address`` must not be sent ``channel`` messages again."""
+
     def mark_sent(self, delivery_id: int, reply: str, provider_id: str | None) -> None:
-        """Commit that the provider accepted the message."""
+        """Record that the provider accepted the message; it is committed by the next write or ``flush``."""
+
+    def flush(self) -> None:
+        """Commit every outcome recorded but not yet written."""
+
+    def close(self) -> None:
+        """Flush, then release any connection the store keeps open."""
 
     def mark_deferred(self, delivery_id: int, reply: str, retry_at: datetime, handed_over: bool = False) -> None:
         """Commit a temporary failure; the delivery is queued again for ``retry_at``."""
@@ -92,8 +118,8 @@ class CampaignStore(Protocol):
     def mark_failed(self, delivery_id: int, reply: str, handed_over: bool = False) -> None:
         """Commit a permanent failure with the provider's reply."""
 
-    def next_retry_at(self, campaign_id: int) -> datetime | None:
-        """Return when the earliest deferred delivery is due, or None if none is queued."""
+    def next_retry_at(self, campaign_id: int, partition: tuple[int, int] | None = None) -> datetime | None:
+        """Return when the earliest deferred delivery (of ``partition``) is due, or None if none is queued."""
 
     def progress(self, campaign_id: int) -> Progress:
         """Return the campaign's counts."""

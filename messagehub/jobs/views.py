@@ -12,6 +12,8 @@ from sqlalchemy.exc import SQLAlchemyError
 from messagehub.auth.access import role_required
 from messagehub.engine import status as campaign_status
 from messagehub.extensions import db
+from messagehub.htmx import wants_panel
+from messagehub.redirects import local_target
 from messagehub.jobs import service
 from messagehub.models import Campaign, JobEvent, Role
 from messagehub.supervisor.base import SupervisorError
@@ -43,16 +45,12 @@ def supervisor():
     return choose_supervisor(current_app.config)
 
 
-def _is_htmx() -> bool:
-    return request.headers.get("HX-Request") == "true"
-
-
 @bp.get("/")
 def index():
     """List every campaign unit with its live state; htmx refreshes the rows every two seconds."""
     current = supervisor()
     rows = service.job_rows(db.session, current)
-    template = "jobs/_rows.html" if _is_htmx() else "jobs/index.html"
+    template = "jobs/_rows.html" if wants_panel() else "jobs/index.html"
     return render_template(template, rows=rows, supervisor=current)
 
 
@@ -66,7 +64,7 @@ def monitor(campaign_id: int):
     events = db.session.execute(
         select(JobEvent).where(JobEvent.campaign_id == campaign_id).order_by(JobEvent.id.desc()).limit(50)
     ).scalars().all()
-    template = "jobs/_panel.html" if _is_htmx() else "jobs/monitor.html"
+    template = "jobs/_panel.html" if wants_panel() else "jobs/monitor.html"
     return render_template(
         template, campaign=campaign, state=state, journal=journal, error=error, events=events, supervisor=current
     )
@@ -89,7 +87,8 @@ def _act(campaign_id: int, action, success: str):
         flash(str(e), "error")
     else:
         flash(success.format(id=campaign_id), "success")
-    return redirect(request.form.get("next") or url_for("jobs.monitor", campaign_id=campaign_id), code=303)
+    monitor = url_for("jobs.monitor", campaign_id=campaign_id)
+    return redirect(local_target(request.form.get("next"), monitor), code=303)
 
 
 @bp.post("/<int:campaign_id>/stop")

@@ -137,3 +137,31 @@ def _pack(costs: list[int], capacity: int) -> int:
         used += cost
 
     return segments
+
+
+@dataclass
+class SmsPlan:
+    """Encodings and segments of a whole SMS audience, for the page before launch."""
+
+    messages: int = 0
+    gsm7: int = 0
+    ucs2: int = 0
+    segments: int = 0
+    min_segments: int = 0
+    max_segments: int = 0
+    # Characters that forced UCS-2, in order of first appearance, over every message.
+    ucs2_characters: tuple[str, ...] = ()
+
+    def add(self, text: str) -> SmsSegments:
+        """Count one personalised message and return its segments."""
+        counted = count_segments(text)
+        self.messages += 1
+        self.segments += counted.segments
+        self.min_segments = counted.segments if self.messages == 1 else min(self.min_segments, counted.segments)
+        self.max_segments = max(self.max_segments, counted.segments)
+        if counted.encoding == UCS_2:
+            self.ucs2 += 1
+            self.ucs2_characters = tuple(dict.fromkeys(self.ucs2_characters + counted.ucs2_characters))
+        else:
+            self.gsm7 += 1
+        return counted

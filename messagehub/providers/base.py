@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, Protocol
+from typing import Callable, Protocol, Sequence, Union
 
 # Called by a sender right before the step it cannot take back, so the engine
 # can commit that the message is on its way (see ``Sender.send``).
@@ -25,6 +25,38 @@ class OutgoingMessage:
     data: bytes
     message_id: str
     needs_smtputf8: bool = False
+    # The rendered parts, for APIs that take fields instead of raw MIME.
+    content: EmailContent | None = None
+
+
+@dataclass(frozen=True)
+class EmailContent:
+    """The parts of one personalised email, before MIME encoding."""
+
+    subject: str
+    text: str
+    html: str
+    from_name: str
+    from_email: str
+    reply_to: str
+    to_name: str
+    to_email: str
+
+
+@dataclass(frozen=True)
+class OutgoingSms:
+    """A rendered text message.
+
+    ``recipient`` is an E.164 number. ``sender`` is a number in E.164, an
+    alphanumeric sender id, or a Twilio messaging service SID (``MG...``).
+    ``message_id`` is MessageHub's own id of the delivery, for logs and
+    ``was_delivered``.
+    """
+
+    recipient: str
+    sender: str
+    body: str
+    message_id: str
 
 
 @dataclass(frozen=True)
@@ -56,8 +88,28 @@ class TemporaryFailure(SendError):
         self.retry_after = retry_after
 
 
+class Throttled(TemporaryFailure):
+    """The provider refused the request for its rate limit (HTTP 429, SES Throttling).
+
+    The message was not accepted. The engine queues it again without counting
+    an attempt, and holds back every sender of the same account for
+    ``retry_after`` seconds.
+    """
+
+
 class PermanentFailure(SendError):
-    """The provider refused this recipient for good (SMTP 5xx)."""
+    """The provider refused this recipient for good (SMTP 5xx, invalid number or address).
+
+    ``opted_out`` is true when the provider reports that the recipient asked
+    not to receive messages (Twilio 21610); the engine then records the opt-out so
+    that no campaign sends to that address again. ``code`` is the provider's
+    error code, if it gave one.
+    """
+
+    def __init__(self, reply: str, opted_out: bool = False, code: str | None = None):
+        super().__init__(reply)
+        self.opted_out = opted_out
+        self.code = code
 
 
 class ConnectionLost(SendError):
@@ -81,7 +133,7 @@ class Sender(Protocol):
 
         The sender calls ``on_handover`` exactly once, immediately before the
         step after which the provider may have accepted the message (for SMTP,
-        writing the final dot of DATA). If it raises before calling
+        writing the content and its final dot). If it raises before calling
         ``on_handover``, the provider has not accepted the message. If
         ``on_handover`` itself raises, the sender abandons the message without
         handing it over (for SMTP: no final dot, the transaction is reset or the
@@ -104,3 +156,48 @@ class Sender(Protocol):
 
     def close(self) -> None:
         """Close any open connection."""
+
+
+Outgoing = Union[OutgoingMessage, OutgoingSms]
+
+# The result a batch sender reports for each message of a request.
+Outcome = Union[SendResult, SendError]
+
+
+class BatchSender(Protocol):
+    """Delivers messages through an HTTP API, up to ``batch_limit`` per request.
+
+    The engine commits every message of a batch as handed over before it calls
+    ``send_batch``, so a request that may have reached the provider is never
+    sent again by a later run.
+    """
+
+    # Maximum number of messages one call of ``send_batch`` accepts.
+    batch_limit: int
+
+    def send_batch(self, messages: Sequence[Outgoing]) -> list[Outcome]:
+        """Send ``messages`` and return one outcome per message, in the same order.
+
+        An outcome is a ``SendResult`` for an accepted message, or the
+        ``SendError`` for that message alone (``PermanentFailure`` for an
+        invalid address or number, ``TemporaryFailure`` or ``Throttled`` when
+        only that message should be tried again).
+
+        When a timeout strikes after the request was written, the provider may
+        have accepted it: the outcome is ``SendResult(confirmed=False)``, never
+        a retry, so no recipient gets a second copy.
+
+        :raises Throttled: the provider refused the whole request for its rate limit.
+        :raises TemporaryFailure: the whole request failed in a way worth retrying (5xx).
+        :raises ConnectionLost: the request never reached the provider.
+        :raises ProviderUnavailable: no request can succeed now (credentials refused).
+        """
+
+    def was_delivered(self, message_id: str) -> bool | None:
+        """Tell whether a message handed over by an earlier run reached the provider, or None."""
+
+    def check(self) -> list[tuple[str, bool, str]]:
+        """Check credentials and reachability; return (step, passed, detail) for each step taken."""
+
+    def close(self) -> None:
+        """Release any open connection."""

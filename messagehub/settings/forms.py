@@ -2,9 +2,10 @@
 
 from flask_wtf import FlaskForm
 from wtforms import BooleanField, FloatField, IntegerField, PasswordField, SelectChoice, SelectField, StringField
-from wtforms.validators import DataRequired, NumberRange, Optional
+from wtforms.validators import DataRequired, Length, NumberRange, Optional
 
 from messagehub.campaigns.forms import email_address, no_line_breaks
+from messagehub.campaigns.forms import sms_sender as sms_sender_value
 
 
 class SmtpForm(FlaskForm):
@@ -31,3 +32,15 @@ class SmtpCheckForm(FlaskForm):
 
     test_recipient = StringField("Send a test message to", validators=[Optional(), no_line_breaks, email_address])
     sender = StringField("From address of the test message", validators=[Optional(), no_line_breaks, email_address])
+
+
+class SendingDefaultsForm(FlaskForm):
+    """Sender fields and ways of sending that new campaigns start with; each may stay empty."""
+
+    from_name = StringField("Sender name", validators=[Optional(), Length(max=200), no_line_breaks])
+    from_email = StringField("Sender address", validators=[Optional(), no_line_breaks, email_address])
+    reply_to = StringField("Reply-to address", validators=[Optional(), no_line_breaks, email_address])
+    sms_sender = StringField("SMS sender", validators=[Optional(), sms_sender_value])
+    # "" means no default. Other values are those of the new-campaign form's "Send through", and the view fills them in.
+    delivery_method = SelectField("Send email through", choices=[])
+    sms_delivery_method = SelectField("Send text messages through", choices=[])

@@ -11,6 +11,12 @@ ENGINE_MODULES = [
     "messagehub.engine.sqlstore",
     "messagehub.providers.smtp",
     "messagehub.providers.outbox",
+    "messagehub.providers.sendgrid",
+    "messagehub.providers.ses",
+    "messagehub.providers.sns",
+    "messagehub.providers.twilio",
+    "messagehub.provider_accounts",
+    "messagehub.engine.rate",
     "messagehub.messages.mime",
     "messagehub.contacts.loading",
 ]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import email
 import re
 import smtplib
@@ -12,6 +13,7 @@ from email.message import EmailMessage
 from email.utils import format_datetime, parseaddr
 
 import pytest
+from email_validator import EmailNotValidError, validate_email
 
 from messagehub.messages.mime import address_for_wire, build_message, clean_header_text, make_message_id
 from messagehub.providers.base import OutgoingMessage
@@ -544,3 +546,22 @@ def test_smtp_delivery_smtputf8(smtp_server):
     assert received[0].sender == "news@xn--bcher-kva.example"
     assert "SMTPUTF8" in received[0].mail_options
     assert received[0].data == message.data
+
+
+def test_plain_addresses_match_validator(shared_data):
+    """The pattern shortcut of address_for_wire gives email_validator's result for every sample address."""
+    with open(shared_data / "contacts-10k.csv", encoding="utf-8", newline="") as file:
+        addresses = [row["email"].strip() for row in csv.DictReader(file)]
+    extra = ["a@b.local", "a@x.test", "A.B@EXAMPLE.COM", "x@host.internal", "a@b.c", "dot.@example.com"]
+
+    for address in addresses + extra:
+        try:
+            checked = validate_email(address, check_deliverability=False, allow_smtputf8=True)
+            expected = (f"{checked.local_part}@{checked.ascii_domain}", not checked.local_part.isascii())
+        except EmailNotValidError:
+            expected = None
+        try:
+            actual = address_for_wire(address)
+        except EmailNotValidError:
+            actual = None
+        assert actual == expected, address

@@ -33,10 +33,10 @@ def certificate(tmp_path_factory: pytest.TempPathFactory) -> Certificate:
     return make_self_signed_cert(tmp_path_factory.mktemp("tls"))
 
 
-@pytest.fixture
-def smtp_server() -> Iterator[SmtpTestServer]:
-    """Run a plain SMTP test server with SMTPUTF8 for one test."""
-    with SmtpTestServer() as server:
+@pytest.fixture(params=[True, False], ids=["pipelining", "one-by-one"])
+def smtp_server(request: pytest.FixtureRequest) -> Iterator[SmtpTestServer]:
+    """Run a plain SMTP test server with SMTPUTF8 for one test, with and without PIPELINING."""
+    with SmtpTestServer(pipelining=request.param) as server:
         yield server
 
 

@@ -1,0 +1,165 @@
+"""One campaign over several SMTP connections: a worker process for each, watched by the main process.
+
+Python sends one message at a time per process, so a campaign that should
+fill a fast relay needs processes, not threads. The main process begins the
+run (queues the audience, settles what a killed run left in flight), then
+forks one worker per connection. Worker k sends the deliveries whose id
+modulo n is k; the conditional claim of each delivery keeps them apart even
+if they ever overlapped. The main process reports progress and pings the
+watchdog while every worker shows signs of life, forwards SIGTERM, and sets
+the final status once all workers have ended.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import logging
+import multiprocessing
+import os
+import signal
+import threading
+import time
+from typing import Callable
+
+from messagehub.engine import status as campaign_status
+from messagehub.engine.runner import RunOutcome
+from messagehub.engine.store import Progress
+
+log = logging.getLogger("messagehub.processor")
+
+# Seconds between two looks of the main process at its workers.
+WATCH_INTERVAL = 0.2
+
+# Linux prctl option: the signal a process receives when its parent dies.
+_PR_SET_PDEATHSIG = 1
+
+
+def run_with_workers(
+    campaign_id: int,
+    config: dict,
+    count: int,
+    stop: threading.Event,
+    build_runner: Callable,
+    on_progress: Callable[[Progress], None] | None = None,
+    heartbeat: Callable[[], None] | None = None,
+) -> RunOutcome:
+    """Run the campaign over ``count`` worker processes and return how it ended.
+
+    ``build_runner(campaign_id, config, stop, on_progress, heartbeat, partition)``
+    makes the runner of each process.
+    """
+    runner = build_runner(campaign_id, config, stop, on_progress, heartbeat, None)
+    started = runner.begin(campaign_id)
+    runner.sender.close()
+    if isinstance(started, RunOutcome):
+        return started
+
+    store = runner.store
+    context = multiprocessing.get_context("fork")
+    beats = context.Array("d", [float("-inf")] * count, lock=False)
+    workers = [
+        context.Process(
+            target=_work, args=(campaign_id, config, share, count, beats, build_runner, os.getpid()),
+            name=f"campaign-{campaign_id}-worker-{share}",
+        )
+        for share in range(count)
+    ]
+    for worker in workers:
+        worker.start()
+    log.info(
+        "campaign %s sends over %d connections, worker pids %s",
+        campaign_id, count, ", ".join(str(worker.pid) for worker in workers), extra={"campaign_id": campaign_id},
+    )
+
+    _watch(workers, beats, stop, store, campaign_id, on_progress, heartbeat)
+    outcome = _final_outcome(store, campaign_id, workers, stop)
+    log.info(
+        "%s campaign %s: %d sent, %d failed, %d skipped, %d queued",
+        outcome.status, campaign_id, outcome.progress.sent, outcome.progress.failed,
+        outcome.progress.skipped, outcome.progress.queued, extra={"campaign_id": campaign_id},
+    )
+    return outcome
+
+
+def _watch(workers, beats, stop, store, campaign_id, on_progress, heartbeat) -> None:
+    """Report progress and ping the watchdog until every worker has ended; pass a stop request on.
+
+    The watchdog is pinged only when every live worker has beaten since the
+    last ping, so one hung worker stops the pings and systemd kills the unit.
+    """
+    forwarded = False
+    last_ping = float("-inf")
+    while any(worker.is_alive() for worker in workers):
+        if stop.is_set() and not forwarded:
+            for worker in workers:
+                if worker.is_alive():
+                    os.kill(worker.pid, signal.SIGTERM)
+            forwarded = True
+
+        alive = [share for share, worker in enumerate(workers) if worker.is_alive()]
+        if heartbeat is not None and all(beats[share] > last_ping for share in alive):
+            last_ping = time.monotonic()
+            heartbeat()
+        if on_progress is not None:
+            on_progress(store.progress(campaign_id))
+
+        if alive:
+            workers[alive[0]].join(WATCH_INTERVAL)
+
+
+def _final_outcome(store, campaign_id: int, workers, stop: threading.Event) -> RunOutcome:
+    """Set and return the campaign's status once all workers ended."""
+    progress = store.progress(campaign_id)
+    status = store.current_status(campaign_id)
+    failed_workers = [worker.name for worker in workers if worker.exitcode != 0]
+
+    if status != campaign_status.RUNNING:
+        # A worker paused or failed the campaign (error rate, provider down,
+        # an exception), or the web app paused it: keep that status.
+        return RunOutcome(status, progress)
+
+    if failed_workers:
+        error = f"worker {', '.join(failed_workers)} ended unexpectedly; a restart resumes the campaign"
+        store.finish_run(campaign_id, campaign_status.FAILED, error)
+        raise RuntimeError(error)
+
+    if stop.is_set() and progress.queued:
+        store.finish_run(campaign_id, campaign_status.PAUSED)
+        log.info("paused campaign %s: stop requested", campaign_id, extra={"campaign_id": campaign_id})
+        return RunOutcome(campaign_status.PAUSED, progress)
+
+    store.finish_run(campaign_id, campaign_status.FINISHED)
+    return RunOutcome(campaign_status.FINISHED, store.progress(campaign_id))
+
+
+def _work(
+    campaign_id: int, config: dict, share: int, count: int, beats, build_runner: Callable, parent: int
+) -> None:
+    """Send one share of the campaign in this forked process; exit 1 on an error."""
+    _die_with_parent(parent)
+    stop = threading.Event()
+
+    def request_stop(signum, frame) -> None:
+        stop.set()
+
+    signal.signal(signal.SIGTERM, request_stop)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+    def beat() -> None:
+        beats[share] = time.monotonic()
+
+    runner = build_runner(campaign_id, config, stop, None, beat, (share, count))
+    try:
+        runner.run_share(campaign_id)
+    except Exception:
+        # run_share logged the traceback and failed the campaign with the reason.
+        os._exit(1)
+
+
+def _die_with_parent(parent: int) -> None:
+    """Ask Linux to kill this process when the main process dies, even by SIGKILL."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+    # The parent may have died between the fork and the prctl call.
+    if os.getppid() != parent:
+        os._exit(1)

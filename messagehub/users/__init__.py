@@ -1,0 +1,1 @@
+"""User administration for admins: add users, change roles, disable accounts and reset passwords."""

@@ -76,6 +76,12 @@ with app.app_context():
         from messagehub.models import Campaign
         campaign = db.session.get(Campaign, int(args[0]))
         print(json.dumps({"status": campaign.status, "last_error": campaign.last_error}))
+    elif command == "unconfirmed":
+        from messagehub.models import Delivery
+        rows = db.session.query(Delivery.address).filter(
+            Delivery.campaign_id == int(args[0]), Delivery.provider_reply.like("unconfirmed%")
+        ).all()
+        print(json.dumps([row[0] for row in rows]))
 '''
 
 

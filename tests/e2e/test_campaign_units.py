@@ -68,14 +68,24 @@ def wait_finished(deployment: Deployment, campaign_id: int, timeout: float = RUN
     return wait_for(settled, done, timeout, interval=0.5)
 
 
-def check_each_recipient_once(deployment: Deployment, campaign_id: int, sender: str) -> None:
-    """Assert that every list member received exactly one message from `sender`, and no other address got any."""
+def check_each_recipient_once(deployment: Deployment, campaign_id: int, sender: str, killed: int = 0) -> None:
+    """Assert that every list member received exactly one message from `sender`, and no other address got any.
+
+    ``killed`` processes killed mid-send may each lose the one message they
+    had recorded as handed over but not yet written (SMTP's one-write window):
+    such a recipient must be marked "unconfirmed", never silently missing.
+    """
     counts = deployment.received(sender)
     expected = {address.casefold() for address in deployment.addresses}
     missing = expected - counts.keys()
     duplicates = {address: count for address, count in counts.items() if count > 1}
     strangers = counts.keys() - expected
     context = deployment.diagnostics(campaign_id)
+    if killed:
+        unconfirmed = {address.casefold() for address in deployment.app("unconfirmed", str(campaign_id))}
+        assert missing <= unconfirmed, f"recipients got nothing and are not marked unconfirmed: {sorted(missing - unconfirmed)[:5]}{context}"
+        assert len(missing) <= killed, f"{len(missing)} lost for {killed} killed processes{context}"
+        missing = set()
     assert not missing, f"{len(missing)} recipients got nothing, e.g. {sorted(missing)[:5]}{context}"
     assert not duplicates, f"{len(duplicates)} recipients got duplicates, e.g. {list(duplicates.items())[:5]}{context}"
     assert not strangers, f"messages to addresses outside the list: {sorted(strangers)[:5]}{context}"
@@ -173,7 +183,8 @@ def test_sigkill_restarts_and_resumes(deployment: Deployment) -> None:
     assert sent_before_kill < LIST_SIZE, f"the kill came after the run ended{context}"
     assert restarts >= 1, f"systemd did not restart the unit: {deployment.unit(campaign_id)}{context}"
     assert state["campaign"]["status"] == "finished", f"{state}{context}"
-    check_each_recipient_once(deployment, campaign_id, sender)
+    # systemd kills the whole unit: the main process and its SMTP_CONNECTIONS workers.
+    check_each_recipient_once(deployment, campaign_id, sender, killed=3)
 
 
 def test_stop_pauses_then_resume(deployment: Deployment) -> None:

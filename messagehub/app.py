@@ -84,6 +84,13 @@ def _register_error_pages(app: Flask) -> None:
     def not_found(e):
         return render_error(404, "Not found", "There is nothing at this address.")
 
+    @app.errorhandler(405)
+    def wrong_method(e):
+        # Reloading the address a form was posted to asks for it with GET.
+        return render_error(
+            405, "Page not available", "This address only takes a submitted form. Go back to the page the form was on."
+        )
+
     @app.errorhandler(413)
     def too_large(e):
         limit = app.config["MAX_CONTENT_LENGTH"] // (1024 * 1024)

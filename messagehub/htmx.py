@@ -1,4 +1,4 @@
-"""What an htmx request asks for: a panel of a page, or the whole page."""
+"""Whether an htmx request expects a panel of a page or the whole page."""
 
 from __future__ import annotations
 

@@ -342,6 +342,9 @@ class Delivery(Base):
     message_id: Mapped[str | None] = mapped_column(String(255))
     provider_id: Mapped[str | None] = mapped_column(String(255))
     provider_reply: Mapped[str | None] = mapped_column(Text)
+    # The template fields the message was rendered from, kept at handover, so
+    # the history shows what was sent even after the contact changes.
+    context: Mapped[dict | None] = mapped_column(JSON)
     queued_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
     sent_at: Mapped[datetime | None] = mapped_column(UTCDateTime())

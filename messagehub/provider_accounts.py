@@ -29,6 +29,9 @@ class AccountField:
     secret: bool = False
     help: str = ""
     default: str = ""
+    # A regular expression the whole value must match, and what to say when it does not.
+    pattern: str = ""
+    pattern_message: str = ""
 
 
 @dataclass(frozen=True)
@@ -94,7 +97,10 @@ KINDS: dict[str, ProviderKind] = {
             "messagehub.providers.twilio",
             "TwilioSender",
             (
-                AccountField("account_sid", "Account SID", help="Starts with AC."),
+                AccountField(
+                    "account_sid", "Account SID", help="AC followed by 32 hexadecimal digits.",
+                    pattern=r"AC[0-9a-fA-F]{32}", pattern_message="Enter the SID as AC followed by 32 hexadecimal digits.",
+                ),
                 AccountField("auth_token", "Auth token", secret=True),
                 AccountField("base_url", "API base URL", required=False, help=_BASE_URL_HELP),
             ),
@@ -183,4 +189,8 @@ def open_account_sender(account: ProviderAccount, secret_key: str, timeout: floa
 
     arguments = {f.name: values[f.name] for f in kind.fields if values.get(f.name)}
     sender_class = getattr(importlib.import_module(kind.module), kind.sender_class)
-    return sender_class(**arguments, timeout=timeout)
+    try:
+        return sender_class(**arguments, timeout=timeout)
+    except ValueError as e:
+        # The sender checks formats (an account SID, a region, a URL) before any request.
+        raise AccountProblem(f"Account “{account.name}” cannot be used: {e}. Correct it in Settings.") from e

@@ -80,7 +80,13 @@ class SmsCampaignForm(FlaskForm):
     sms_sender = StringField("Sender", validators=[DataRequired(), sms_sender])
     text_body = TextAreaField("Message", validators=[DataRequired("Write the message.")])
     # "account:<id>" of an SMS account; the view fills in the choices.
-    delivery_method = SelectField("Send through", choices=[])
+    delivery_method = SelectField(
+        "Send through", choices=[], validate_choice=False, validators=[DataRequired("Choose an SMS account to send through.")]
+    )
+
+    def validate_delivery_method(self, field) -> None:
+        if field.data not in {choice.value for choice in field.choices}:
+            raise ValidationError("Choose an SMS account to send through; add one in Settings if there is none.")
 
 
 class SmsTestForm(FlaskForm):

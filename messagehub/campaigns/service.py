@@ -170,6 +170,9 @@ def send_test(engine: Engine, config: dict, campaign: Campaign, contact: Contact
     # campaign's; the random suffix keeps test sends apart from each other.
     test_id = make_message_id(campaign.id, 0, domain, settings.install_token + secrets.token_hex(4))
     if is_sms(campaign):
+        with Session(engine) as session:
+            if session.execute(select(OptOut.id).where(OptOut.channel == campaign.channel, OptOut.address == address)).first():
+                raise ValueError(f"{address} opted out of text messages; no campaign or test sends to it")
         return _send_one(engine, config, campaign, OutgoingSms(address, campaign.sms_sender, content.text, test_id))
 
     parts = EmailContent(
@@ -289,14 +292,20 @@ def _handed_over_at(delivery: Delivery) -> datetime | None:
 
 
 def sent_message(session: Session, campaign: Campaign, delivery: Delivery) -> SentMessage:
-    """Render the campaign's templates again with the delivery's contact, as the engine did."""
+    """Render the campaign's templates again with the fields the engine rendered the message from.
+
+    Deliveries handed over since those fields are kept on the row show exactly
+    what was sent; older ones are rendered from the contact as it is now.
+    """
     contact = session.get(Contact, delivery.contact_id) if delivery.contact_id is not None else None
     when = _handed_over_at(delivery)
-    edited_after = contact is not None and when is not None and contact.updated_at > when
+    kept = delivery.context is not None
+    edited_after = not kept and contact is not None and when is not None and contact.updated_at > when
     message = SentMessage(delivery, contact, handed_over_at=when, edited_after=edited_after)
+    context = delivery.context if kept else recipient_context(delivery.address, contact)
 
     try:
-        message.content = compile_templates(campaign).render(recipient_context(delivery.address, contact))
+        message.content = compile_templates(campaign).render(context)
     except MissingFields as e:
         message.error = f"The message cannot be rendered again: the contact now lacks {', '.join(sorted(e.fields))}."
         return message

@@ -235,8 +235,11 @@ def _chosen_contact(campaign: Campaign, identifier: str) -> Contact | None:
     """Find a contact of the campaign's list by id, address or number; the first one if none is named."""
     query = select(Contact).where(Contact.list_id == campaign.list_id, service.reachable(campaign.channel))
     identifier = identifier.strip()
-    if identifier.isdigit():
+    # Ids fit in 18 digits; a longer digit string is a phone number typed without "+".
+    if identifier.isdigit() and len(identifier) <= 18:
         query = query.where(Contact.id == int(identifier))
+    elif identifier.isdigit():
+        query = query.where(Contact.phone == "+" + identifier)
     elif identifier.startswith("+"):
         query = query.where(Contact.phone == identifier)
     elif identifier:
@@ -251,12 +254,20 @@ def test_send(campaign_id: int):
     campaign = _campaign_or_404(campaign_id)
     form = SmsTestForm() if service.is_sms(campaign) else TestSendForm()
     if not form.validate_on_submit():
-        for errors in form.errors.values():
+        for name, errors in form.errors.items():
             for error in errors:
-                flash(f"Test message not sent: {error}", "error")
+                flash(f"Test message not sent: {form[name].label.text}: {error}", "error")
         return redirect(url_for("campaigns.show", campaign_id=campaign_id), code=303)
 
     contact = _chosen_contact(campaign, form.contact_id.data or "")
+    if contact is None and (form.contact_id.data or "").strip():
+        flash(
+            f"Test message not sent: no contact “{form.contact_id.data.strip()}” in the campaign's list "
+            "(give its id, address or number, or leave the field empty).",
+            "error",
+        )
+        return redirect(url_for("campaigns.show", campaign_id=campaign_id), code=303)
+
     try:
         result = service.send_test(db.engine, current_app.config, campaign, contact, form.address.data)
     except (MissingFields, TemplateProblem, SenderNotConfigured, SendError, ValueError) as e:

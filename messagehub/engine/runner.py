@@ -338,7 +338,7 @@ class CampaignRunner:
         attempt = _Attempt()
 
         def hand_over() -> None:
-            self.store.mark_sending(recipient.delivery_id, message.message_id)
+            self.store.mark_sending(recipient.delivery_id, message.message_id, recipient.context)
             attempt.handed_over = True
 
         try:
@@ -396,7 +396,7 @@ class CampaignRunner:
                 self.store.mark_failed(recipient.delivery_id, f"not sent: {e}")
                 self._count(progress, "failed", f"not sent: {e}")
 
-        won = self.store.mark_sending_many([(r.delivery_id, m.message_id) for r, m in composed])
+        won = self.store.mark_sending_many([(r.delivery_id, m.message_id, r.context) for r, m in composed])
         composed = [(r, m) for r, m in composed if r.delivery_id in won]
         if not composed:
             return

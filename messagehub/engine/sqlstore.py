@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import Engine, and_, bindparam, exists, func, insert, literal, select, update
+from sqlalchemy import JSON, Engine, and_, bindparam, exists, func, insert, literal, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, aliased
 
@@ -30,6 +30,7 @@ _CLAIM = (
     .values(
         status=SENDING,
         message_id=bindparam("m_id"),
+        context=bindparam("ctx", type_=JSON()),
         attempts=_deliveries.c.attempts + 1,
         updated_at=bindparam("now", type_=UTCDateTime()),
     )
@@ -190,7 +191,7 @@ class SqlCampaignStore:
                 for delivery_id, address, attempts, contact in session.execute(query)
             ]
 
-    def mark_sending(self, delivery_id: int, message_id: str) -> None:
+    def mark_sending(self, delivery_id: int, message_id: str, context: dict | None = None) -> None:
         # A connection of its own, kept open: between this commit and the
         # sender's write, a killed process loses the message, so no pool
         # check-in or other work may sit in between.
@@ -201,7 +202,9 @@ class SqlCampaignStore:
             self._write_pending(connection)
             # Conditional on the row still being queued: of two processes that
             # reach the point of no return for one recipient, only one wins.
-            result = connection.execute(_CLAIM, {"d_id": delivery_id, "m_id": message_id, "now": utcnow()})
+            result = connection.execute(
+                _CLAIM, {"d_id": delivery_id, "m_id": message_id, "ctx": context, "now": utcnow()}
+            )
 
         # Raised after the commit, so the pending outcomes written with it stay written.
         if result.rowcount != 1:
@@ -221,13 +224,14 @@ class SqlCampaignStore:
         with self.engine.begin() as connection:
             self._write_pending(connection)
 
-    def mark_sending_many(self, claims: list[tuple[int, str]]) -> set[int]:
+    def mark_sending_many(self, claims: list[tuple[int, str, dict | None]]) -> set[int]:
         won = set()
         now = utcnow()
         with self.engine.begin() as connection:
             self._write_pending(connection)
-            for delivery_id, message_id in claims:
-                result = connection.execute(_CLAIM, {"d_id": delivery_id, "m_id": message_id, "now": now})
+            for delivery_id, message_id, context in claims:
+                parameters = {"d_id": delivery_id, "m_id": message_id, "ctx": context, "now": now}
+                result = connection.execute(_CLAIM, parameters)
                 if result.rowcount == 1:
                     won.add(delivery_id)
         return won
@@ -262,7 +266,7 @@ class SqlCampaignStore:
     def mark_sent(self, delivery_id: int, reply: str, provider_id: str | None) -> None:
         # Kept in memory until the next write: a process killed before then
         # leaves the row in "sending", which the next run settles as sent,
-        # unconfirmed. Nothing is lost and nothing is sent twice.
+        # unconfirmed: the message went out, so it is not sent again.
         self._pending.append(_move_parameters(delivery_id, SENDING, SENT, reply=reply, provider_id=provider_id))
         if len(self._pending) >= PENDING_LIMIT:
             self.flush()

@@ -85,11 +85,11 @@ class CampaignStore(Protocol):
     ) -> list[Recipient]:
         """Return up to ``limit`` queued deliveries due at ``now``, oldest first, of ``partition`` (k, n) if given."""
 
-    def mark_sending(self, delivery_id: int, message_id: str) -> None:
-        """Commit that the message is being handed over; raise Claimed if already taken."""
+    def mark_sending(self, delivery_id: int, message_id: str, context: dict | None = None) -> None:
+        """Commit that the message is being handed over, with the fields it was rendered from; raise Claimed if taken."""
 
-    def mark_sending_many(self, claims: list[tuple[int, str]]) -> set[int]:
-        """Commit a batch of (delivery id, message id) as handed over; return the ids this run won."""
+    def mark_sending_many(self, claims: list[tuple[int, str, dict | None]]) -> set[int]:
+        """Commit a batch of (delivery id, message id, template fields) as handed over; return the ids this run won."""
 
     def release(self, delivery_id: int, reply: str, retry_at: datetime) -> None:
         """Queue a handed-over delivery again without counting the attempt: the provider took nothing."""

@@ -6,7 +6,7 @@ from urllib.parse import urlsplit
 
 from flask_wtf import FlaskForm
 from wtforms import FloatField, PasswordField, StringField
-from wtforms.validators import DataRequired, Length, NumberRange, Optional, ValidationError
+from wtforms.validators import DataRequired, InputRequired, Length, NumberRange, Optional, Regexp, ValidationError
 
 from messagehub.campaigns.forms import no_line_breaks
 from messagehub.provider_accounts import AccountField, ProviderKind
@@ -27,7 +27,9 @@ class AccountFormBase(FlaskForm):
 
     name = StringField("Account name", validators=[DataRequired(), Length(max=100), no_line_breaks])
     rate_per_second = FloatField(
-        "Send rate (messages per second)", validators=[DataRequired(), NumberRange(0.01, 100_000)]
+        "Send rate (messages per second)",
+        # InputRequired, not DataRequired: 0 is a number the range check should name.
+        validators=[InputRequired("Enter a number of messages per second."), NumberRange(0.01, 100_000)],
     )
 
 
@@ -49,6 +51,8 @@ def _field(spec: AccountField, has_secrets: bool):
         validators.insert(0, Optional())
     if spec.name in ("base_url", "endpoint_url"):
         validators.append(http_url)
+    if spec.pattern:
+        validators.append(Regexp(f"(?:{spec.pattern})$", message=spec.pattern_message))
 
     if spec.secret:
         return PasswordField(spec.label, validators=validators, description=spec.help)

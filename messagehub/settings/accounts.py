@@ -105,17 +105,20 @@ def check_account(account_id: int):
 @bp.post("/accounts/<int:account_id>/delete")
 @role_required(Role.ADMIN)
 def delete_account(account_id: int):
-    """Delete an account unless a running campaign sends through it."""
+    """Delete an account unless a launched campaign that has not finished sends through it.
+
+    A paused campaign cannot change its account (only drafts are editable),
+    so deleting the account would leave it unable to resume.
+    """
     account = db.get_or_404(ProviderAccount, account_id)
-    running = db.session.execute(
-        select(Campaign.id).where(
-            Campaign.provider_account_id == account.id, Campaign.status == campaign_status.RUNNING
-        )
+    unfinished = (campaign_status.RUNNING, campaign_status.PAUSED, campaign_status.FAILED)
+    in_use = db.session.execute(
+        select(Campaign.id).where(Campaign.provider_account_id == account.id, Campaign.status.in_(unfinished))
     ).scalars().all()
-    if running:
+    if in_use:
         flash(
-            f"Account “{account.name}” is in use by running campaign {', '.join(map(str, running))}: "
-            "pause it first.",
+            f"Account “{account.name}” is used by campaign {', '.join(map(str, in_use))}, which has not "
+            "finished: let it finish first, or it could never resume.",
             "error",
         )
         return redirect(url_for("settings.account", account_id=account.id), code=303)

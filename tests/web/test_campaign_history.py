@@ -227,12 +227,38 @@ def test_sms_message_with_segments(app, client, auth, fake_twilio):
     assert "<strong>From:</strong> +14155550100" in panel
 
 
+def forget_fields(app, delivery_id: int) -> None:
+    """Drop the fields kept on a delivery, as on rows handed over before they were kept."""
+    with app.app_context():
+        db.session.get(Delivery, delivery_id).context = None
+        db.session.commit()
+
+
+def test_kept_fields_survive_edit(app, client, auth):
+    auth.login("viewer")
+    list_id = factories.make_list(app, [{"email": "ann@example.com", "first_name": "Ann"}])
+    campaign_id = factories.make_campaign(app, list_id, delivery_method="outbox")
+    send_campaign(app, campaign_id)
+    delivery = delivery_of(app, campaign_id, "ann@example.com")
+    with app.app_context():
+        contact = db.session.get(Contact, delivery.contact_id)
+        contact.first_name = "Annabel"
+        db.session.commit()
+
+    panel = message_panel(client, campaign_id, delivery.id)
+
+    assert "News for Ann" in panel
+    assert "News for Annabel" not in panel
+    assert "may differ from what was sent" not in panel
+
+
 def test_contact_edited_after_sending(app, client, auth):
     auth.login("viewer")
     list_id = factories.make_list(app, [{"email": "ann@example.com", "first_name": "Ann"}])
     campaign_id = factories.make_campaign(app, list_id, delivery_method="outbox")
     send_campaign(app, campaign_id)
     delivery = delivery_of(app, campaign_id, "ann@example.com")
+    forget_fields(app, delivery.id)
     with app.app_context():
         contact = db.session.get(Contact, delivery.contact_id)
         contact.first_name = "Annabel"
@@ -268,6 +294,7 @@ def test_deleted_contact_uses_address(app, client, auth):
     campaign_id = factories.make_campaign(app, list_id, delivery_method="outbox")
     send_campaign(app, campaign_id)
     delivery = delivery_of(app, campaign_id, "ann@example.com")
+    forget_fields(app, delivery.id)
     with app.app_context():
         db.session.delete(db.session.get(Contact, delivery.contact_id))
         db.session.commit()
@@ -279,12 +306,30 @@ def test_deleted_contact_uses_address(app, client, auth):
     assert "News for you" in panel
 
 
+def test_deleted_contact_kept_fields(app, client, auth):
+    auth.login("viewer")
+    list_id = factories.make_list(app, [{"email": "ann@example.com", "first_name": "Ann"}])
+    campaign_id = factories.make_campaign(app, list_id, delivery_method="outbox")
+    send_campaign(app, campaign_id)
+    delivery = delivery_of(app, campaign_id, "ann@example.com")
+    with app.app_context():
+        db.session.delete(db.session.get(Contact, delivery.contact_id))
+        db.session.commit()
+
+    panel = message_panel(client, campaign_id, delivery.id)
+
+    assert "contact deleted" in panel
+    assert "rendered from the fields kept when it was sent" in panel
+    assert "News for Ann" in panel
+
+
 def test_missing_field_explained(app, client, auth):
     auth.login("viewer")
     list_id = factories.make_list(app, [{"email": "ann@example.com", "first_name": "Ann"}])
     campaign_id = factories.make_campaign(app, list_id, delivery_method="outbox", subject="For {{ first_name }}")
     send_campaign(app, campaign_id)
     delivery = delivery_of(app, campaign_id, "ann@example.com")
+    forget_fields(app, delivery.id)
     with app.app_context():
         db.session.get(Contact, delivery.contact_id).first_name = ""
         db.session.commit()

@@ -356,7 +356,7 @@ def _send_envelope(smtp: smtplib.SMTP, message: OutgoingMessage) -> list[tuple[i
 
     When the connection breaks after the first reply arrived, the replies read
     so far are returned: a server that rejects MAIL FROM with 421 closes the
-    connection before it answers the rest.
+    connection before it replies to the rest.
     """
     options = mail_options(smtp, message)
     smtp.command_encoding = "utf-8" if message.needs_smtputf8 else "ascii"

@@ -30,6 +30,11 @@ log = logging.getLogger("messagehub.processor")
 # Seconds between two looks of the main process at its workers.
 WATCH_INTERVAL = 0.2
 
+# A worker beats at least once a second, even while it waits (the runner's
+# HEARTBEAT_SLICE). One silent for longer is taken as hung: the main process
+# stops pinging the watchdog, and systemd kills the unit.
+WORKER_SILENCE = 1.5
+
 # Linux prctl option: the signal a process receives when its parent dies.
 _PR_SET_PDEATHSIG = 1
 
@@ -84,11 +89,10 @@ def run_with_workers(
 def _watch(workers, beats, stop, store, campaign_id, on_progress, heartbeat) -> None:
     """Report progress and ping the watchdog until every worker has ended; pass a stop request on.
 
-    The watchdog is pinged only when every live worker has beaten since the
-    last ping, so one hung worker stops the pings and systemd kills the unit.
+    The watchdog is pinged only while every live worker has beaten within
+    WORKER_SILENCE, so one hung worker stops the pings and systemd kills the unit.
     """
     forwarded = False
-    last_ping = float("-inf")
     while any(worker.is_alive() for worker in workers):
         if stop.is_set() and not forwarded:
             for worker in workers:
@@ -97,8 +101,8 @@ def _watch(workers, beats, stop, store, campaign_id, on_progress, heartbeat) -> 
             forwarded = True
 
         alive = [share for share, worker in enumerate(workers) if worker.is_alive()]
-        if heartbeat is not None and all(beats[share] > last_ping for share in alive):
-            last_ping = time.monotonic()
+        now = time.monotonic()
+        if heartbeat is not None and all(now - beats[share] < WORKER_SILENCE for share in alive):
             heartbeat()
         if on_progress is not None:
             on_progress(store.progress(campaign_id))

@@ -135,11 +135,13 @@ def read_stats(page: Page, scope: str) -> dict[str, int]:
     return stats
 
 
-def sent_of(page: Page) -> tuple[int, int]:
-    """Return the sent count and the audience the monitor panel shows."""
+def sent_of(page: Page) -> tuple[int, int] | None:
+    """Return the sent count and the audience the monitor panel shows, or None while htmx swaps it."""
     stats = read_stats(page, "#monitor-panel")
-    [label] = [label for label in stats if label.startswith("sent of ")]
-    return stats[label], int(label.removeprefix("sent of ").replace(",", ""))
+    labels = [label for label in stats if label.startswith("sent of ")]
+    if not labels:
+        return None
+    return stats[labels[0]], int(labels[0].removeprefix("sent of ").replace(",", ""))
 
 
 def id_from_url(page: Page, pattern: str) -> int:
@@ -314,12 +316,14 @@ def test_walkthrough_operator_then_viewer(page: Page, shared_data: Path, smtp_re
     expect(page.get_by_role("heading", level=1)).to_have_text("Walkthrough background")
     visited.add(page)
     panel_badge = page.locator("#monitor-panel .card .badge").first
-    sent_before_stop, _ = wait_for(lambda: sent_of(page), lambda sent: sent[0] > 0, RUN_TIMEOUT_MS / 1000)
+    sent_before_stop, _ = wait_for(
+        lambda: sent_of(page), lambda sent: sent is not None and sent[0] > 0, RUN_TIMEOUT_MS / 1000
+    )
     dialogs_before = len(visited.dialogs)
     page.locator("#monitor-panel").get_by_role("button", name="Stop").click()
     expect_flash(page, f"Stopping campaign {background_id}")
     expect(panel_badge).to_have_text("paused", timeout=RUN_TIMEOUT_MS)
-    sent_when_paused, audience = sent_of(page)
+    sent_when_paused, audience = wait_for(lambda: sent_of(page), lambda sent: sent is not None, 10)
 
     assert sent_before_stop > 0
     assert len(visited.dialogs) == dialogs_before + 1

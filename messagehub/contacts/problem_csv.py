@@ -23,7 +23,7 @@ BYTE_ORDER_MARK = "\ufeff"
 
 
 class ProblemRow(Protocol):
-    """What a CSV row is made of: an ``ImportProblem`` or an importer ``Problem``."""
+    """A row of the rejected-rows CSV: an ``ImportProblem`` or an importer ``Problem``."""
 
     line: int
     kind: str

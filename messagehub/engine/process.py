@@ -20,6 +20,7 @@ from messagehub.engine.sqlstore import SqlCampaignStore
 from messagehub.engine.store import Progress
 from messagehub.engine.systemd_notify import Notifier, status_text
 from messagehub.engine.workers import run_with_workers
+from messagehub.providers.smtp import SmtpSender
 from messagehub.providers import quiet_sdk_loggers
 
 log = logging.getLogger("messagehub.processor")
@@ -153,26 +154,22 @@ def run_campaign(
         on_progress = notifying_progress(notifier, on_progress)
         heartbeat = notifier.heartbeat
 
-    connections = connection_count(campaign_id, config)
-    if connections > 1:
-        return run_with_workers(campaign_id, config, connections, stop, build_runner, on_progress, heartbeat)
     runner = build_runner(campaign_id, config, stop, on_progress, heartbeat)
+    connections = connection_count(runner, config)
+    if connections > 1:
+        return run_with_workers(runner, campaign_id, config, connections, stop, build_runner, on_progress, heartbeat)
     return runner.run(campaign_id)
 
 
-def connection_count(campaign_id: int, config: dict) -> int:
+def connection_count(runner: CampaignRunner, config: dict) -> int:
     """Return how many SMTP connections, each in a process of its own, the campaign's run uses.
 
     Only SMTP campaigns use several: API providers are held to their
     account's rate, which one process keeps up with.
     """
-    wanted = max(int(config.get("SMTP_CONNECTIONS", 1)), 1)
-    if wanted == 1:
+    if not isinstance(runner.sender, SmtpSender):
         return 1
-    store = SqlCampaignStore(create_db_engine(config["SQLALCHEMY_DATABASE_URI"]))
-    method = store.load_campaign(campaign_id).delivery_method
-    store.engine.dispose()
-    return wanted if method == "smtp" else 1
+    return max(int(config.get("SMTP_CONNECTIONS", 1)), 1)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -14,7 +14,7 @@ _schedules = RateSchedule.__table__
 
 
 def _later_of(moment):
-    """The later of the stored slot and ``moment`` (SQLite's max() and PostgreSQL's greatest() differ)."""
+    """Return the later of the stored slot and ``moment``, in SQL that SQLite and PostgreSQL both run."""
     return case((_schedules.c.next_at > moment, _schedules.c.next_at), else_=moment)
 
 
@@ -38,7 +38,7 @@ class SharedRate:
     """Spaces the messages of one account at ``per_second``, across processes and hosts.
 
     Each ``acquire`` reserves the next slots of the account's schedule in the
-    database and sleeps until the first of them. The schedule holds no tokens
+    database and sleeps until the first of them. The schedule keeps no tokens
     to save up, so an idle account cannot burst above its rate afterwards.
     """
 

@@ -83,6 +83,15 @@ class RunOutcome:
     error: str | None = None
 
 
+def log_outcome(campaign_id: int, outcome: RunOutcome) -> None:
+    """Log how a run ended, with the campaign's counts."""
+    log.info(
+        "%s campaign %s: %d sent, %d failed, %d skipped, %d queued",
+        outcome.status, campaign_id, outcome.progress.sent, outcome.progress.failed,
+        outcome.progress.skipped, outcome.progress.queued, extra={"campaign_id": campaign_id},
+    )
+
+
 @dataclass
 class _Attempt:
     """Whether the current message got past its point of no return."""
@@ -217,11 +226,7 @@ class CampaignRunner:
             self.store.close()
             self.sender.close()
 
-        log.info(
-            "%s campaign %s: %d sent, %d failed, %d skipped, %d queued",
-            outcome.status, spec.id, outcome.progress.sent, outcome.progress.failed,
-            outcome.progress.skipped, outcome.progress.queued, extra=extra,
-        )
+        log_outcome(spec.id, outcome)
         return outcome
 
     def _settle_in_doubt(self, campaign_id: int) -> None:

@@ -22,7 +22,7 @@ import time
 from typing import Callable
 
 from messagehub.engine import status as campaign_status
-from messagehub.engine.runner import RunOutcome
+from messagehub.engine.runner import CampaignRunner, RunOutcome, log_outcome
 from messagehub.engine.store import Progress
 
 log = logging.getLogger("messagehub.processor")
@@ -40,6 +40,7 @@ _PR_SET_PDEATHSIG = 1
 
 
 def run_with_workers(
+    runner: CampaignRunner,
     campaign_id: int,
     config: dict,
     count: int,
@@ -50,10 +51,10 @@ def run_with_workers(
 ) -> RunOutcome:
     """Run the campaign over ``count`` worker processes and return how it ended.
 
+    ``runner`` begins the run in this process.
     ``build_runner(campaign_id, config, stop, on_progress, heartbeat, partition)``
-    makes the runner of each process.
+    makes the runner of each worker.
     """
-    runner = build_runner(campaign_id, config, stop, on_progress, heartbeat, None)
     started = runner.begin(campaign_id)
     runner.sender.close()
     if isinstance(started, RunOutcome):
@@ -78,11 +79,7 @@ def run_with_workers(
 
     _watch(workers, beats, stop, store, campaign_id, on_progress, heartbeat)
     outcome = _final_outcome(store, campaign_id, workers, stop)
-    log.info(
-        "%s campaign %s: %d sent, %d failed, %d skipped, %d queued",
-        outcome.status, campaign_id, outcome.progress.sent, outcome.progress.failed,
-        outcome.progress.skipped, outcome.progress.queued, extra={"campaign_id": campaign_id},
-    )
+    log_outcome(campaign_id, outcome)
     return outcome
 
 

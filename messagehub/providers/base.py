@@ -101,8 +101,8 @@ class PermanentFailure(SendError):
     """The provider refused this recipient for good (SMTP 5xx, invalid number or address).
 
     ``opted_out`` is true when the provider reports that the recipient asked
-    not to receive messages (Twilio 21610); the engine then records the opt-out so
-    that no campaign sends to that address again. ``code`` is the provider's
+    not to receive messages (Twilio 21610). The engine then records the
+    opt-out, so no campaign sends to that address again. ``code`` is the provider's
     error code, if it gave one.
     """
 

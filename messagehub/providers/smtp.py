@@ -236,7 +236,7 @@ class SmtpSender:
         if smtp is None:
             return
 
-        # A server that answered 354 to a pipelined DATA waits for content:
+        # A server that replied 354 to a pipelined DATA waits for content:
         # only closing the connection ends that transaction without a message.
         if rejection.code == SERVICE_CLOSING or rejection.code < 400 or rejection.data_open:
             self._discard()

@@ -1,4 +1,4 @@
-"""Fixtures of the moto server that stands in for SES and SNS."""
+"""Fixtures of the moto server that plays SES and SNS in the tests."""
 
 from __future__ import annotations
 

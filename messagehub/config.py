@@ -27,6 +27,7 @@ def default_config(instance_path: Path) -> dict[str, Any]:
     return {
         "SQLALCHEMY_DATABASE_URI": f"sqlite:///{instance_path / 'messagehub.db'}",
         "OUTBOX_DIR": str(instance_path / "outbox"),
+        "HANDOVER_DIR": str(instance_path / "handover"),
         "BATCH_SIZE": 100,
         "MAX_ATTEMPTS": 5,
         "RETRY_BASE_SECONDS": 60.0,

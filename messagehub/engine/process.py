@@ -8,6 +8,7 @@ import signal
 import sys
 import threading
 import time
+from pathlib import Path
 from typing import Callable
 
 from messagehub.config import load_config
@@ -75,6 +76,7 @@ def build_runner(
         heartbeat=_with_liveness(store, campaign_id, heartbeat),
         rate=account_rate(engine, spec.provider_account_id),
         partition=partition,
+        journal_dir=Path(config["HANDOVER_DIR"]),
     )
 
 

@@ -1,4 +1,4 @@
-"""The send loop: one campaign, one sender, and a conditional claim per recipient before handover."""
+"""The send loop: one campaign, one sender, a conditional claim per batch, and a journal entry before each handover."""
 
 from __future__ import annotations
 
@@ -9,11 +9,13 @@ import time
 from collections import Counter, deque
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from pathlib import Path
 from typing import Callable
 
 from messagehub.engine import status as campaign_status
+from messagehub.engine.handover import HandoverJournal, JournalState, read_journals, remove_journals
 from messagehub.engine.rate import SharedRate
-from messagehub.engine.store import CampaignSpec, CampaignStore, Claimed, Progress, Recipient
+from messagehub.engine.store import CampaignSpec, CampaignStore, InDoubt, Progress, Recipient
 from messagehub.messages.mime import build_from_content, make_message_id, message_id_domain
 from messagehub.messages.templating import CampaignTemplates, MissingFields, TemplateSyntaxProblem
 from messagehub.models import Channel, utcnow
@@ -92,13 +94,6 @@ def log_outcome(campaign_id: int, outcome: RunOutcome) -> None:
     )
 
 
-@dataclass
-class _Attempt:
-    """Whether the current message got past its point of no return."""
-
-    handed_over: bool = False
-
-
 class ErrorRateExceeded(Exception):
     """Too many recipients failed recently; the campaign pauses with this reason."""
 
@@ -159,10 +154,13 @@ class CampaignRunner:
     # (k, n): send only the deliveries whose id modulo n is k, beside n - 1
     # other runners. None sends them all.
     partition: tuple[int, int] | None = None
+    # Where per-message senders keep their handover journals (engine/handover.py).
+    journal_dir: Path | None = None
 
     def __post_init__(self) -> None:
         self.settings = self.settings.clamped()
         self._errors = _ErrorWindow(self.settings.error_rate_limit, self.settings.error_rate_window)
+        self._journal: HandoverJournal | None = None
         if self.rate is not None:
             self.rate.sleep = self._wait
 
@@ -224,23 +222,44 @@ class CampaignRunner:
             raise
         finally:
             self.store.close()
+            # Reached only once the outcomes are committed: a journal whose
+            # entries never reached the database stays for the next run.
+            self._close_journal()
             self.sender.close()
 
         log_outcome(spec.id, outcome)
         return outcome
 
     def _settle_in_doubt(self, campaign_id: int) -> None:
-        """Resolve deliveries a killed run left between handover and outcome."""
+        """Resolve deliveries a killed run left between claim and outcome, and log how many went which way."""
+        journals = read_journals(self.journal_dir, campaign_id) if self.journal_dir else None
+        settled: Counter[str] = Counter()
         for item in self.store.in_doubt(campaign_id):
             self._beat()
-            delivered = self.sender.was_delivered(item.message_id)
-            self.store.resolve(item.delivery_id, delivered)
+            settled[self._settle(item, journals)] += 1
+
+        if journals is not None:
+            remove_journals(journals)
+        if settled:
             log.warning(
-                "settled delivery %s of campaign %s left in flight by the previous run: %s",
-                item.delivery_id, campaign_id,
-                {True: "delivered", False: "queued again", None: "unconfirmed, not sent again"}[delivered],
+                "settled %d deliveries of campaign %s left in flight by the previous run: %s",
+                sum(settled.values()), campaign_id,
+                ", ".join(f"{count} {how}" for how, count in sorted(settled.items())),
                 extra={"campaign_id": campaign_id},
             )
+
+    def _settle(self, item: InDoubt, journals: JournalState | None) -> str:
+        """Resolve one in-doubt delivery; return how, in words for the log."""
+        if journals is not None and journals.never_written(item.delivery_id):
+            self.store.release(item.delivery_id, "claimed by the previous run, not handed over; queued again", self.now())
+            return "never handed over, queued again"
+
+        if journals is not None and item.delivery_id in journals.accepted:
+            delivered: bool | None = True
+        else:
+            delivered = self.sender.was_delivered(item.message_id)
+        self.store.resolve(item.delivery_id, delivered)
+        return {True: "delivered", False: "queued again", None: "unconfirmed, not sent again"}[delivered]
 
     def _send_all(
         self, spec: CampaignSpec, templates: CampaignTemplates, progress: Progress, finish: bool = True
@@ -305,20 +324,63 @@ class CampaignRunner:
     def _send_batch(
         self, spec: CampaignSpec, templates: CampaignTemplates, batch: list[Recipient], progress: Progress
     ) -> None:
+        """Claim a batch in one transaction, send its messages one by one, then commit their outcomes together."""
+        composed = self._compose_all(spec, templates, batch, progress)
+        claimed = self._claim(spec.id, composed)
+
+        done = 0
         checked_at = time.monotonic()
-        for recipient in batch:
-            if self.stop.is_set():
-                return
-            # A pause from the web app may come from another process: look at
-            # the stored status once a second, not only between batches.
-            if time.monotonic() - checked_at >= STATUS_CHECK_INTERVAL:
-                checked_at = time.monotonic()
-                if self.store.current_status(spec.id) != campaign_status.RUNNING:
-                    return
-            outcome, reply = self._deliver(spec, templates, recipient)
-            self._beat()
-            self._count(progress, outcome, reply)
-            self._errors.check()
+        try:
+            for index, (recipient, message) in enumerate(claimed):
+                # A pause from the web app may come from another process: look
+                # at the stored status once a second, not only between batches.
+                if time.monotonic() - checked_at >= STATUS_CHECK_INTERVAL:
+                    checked_at = time.monotonic()
+                    if self.store.current_status(spec.id) != campaign_status.RUNNING:
+                        break
+                if self.stop.is_set():
+                    break
+                following = claimed[index + 1][1] if index + 1 < len(claimed) else None
+                outcome, reply = self._deliver(spec, recipient, message, following)
+                done = index + 1
+                self._beat()
+                self._count(progress, outcome, reply)
+                self._errors.check()
+        finally:
+            # A stop, a pause, an unavailable provider or too many failures
+            # leave the rest of the batch unsent: it goes back to the queue.
+            self._release_unsent(claimed[done:])
+            self.store.flush()
+            self._journal.clear()
+
+    def _release_unsent(self, unsent: list[tuple[Recipient, Outgoing]]) -> None:
+        """Queue claimed messages that this run will not send again, without counting an attempt."""
+        for recipient, _ in unsent:
+            self.store.release(recipient.delivery_id, "queued again: the run stopped before sending it", self.now())
+
+    def _claim(self, campaign_id: int, composed: list[tuple[Recipient, Outgoing]]) -> list[tuple[Recipient, Outgoing]]:
+        """Claim the composed messages in one transaction, journalled first; return those this run won."""
+        if self._journal is None:
+            if self.journal_dir is None:
+                raise RuntimeError("a per-message sender needs journal_dir for its handover journal")
+            self._journal = HandoverJournal(self.journal_dir, campaign_id)
+
+        # Journalled before the commit: a run killed in between leaves rows
+        # still queued, while rows in "sending" are always in a journal here.
+        self._journal.claiming([recipient.delivery_id for recipient, _ in composed])
+        won = self.store.mark_sending_many([(r.delivery_id, m.message_id, r.context) for r, m in composed])
+        for recipient, _ in composed:
+            if recipient.delivery_id not in won:
+                log.info(
+                    "skipped delivery %s of campaign %s: another process claimed it",
+                    recipient.delivery_id, campaign_id, extra={"campaign_id": campaign_id},
+                )
+        return [(recipient, message) for recipient, message in composed if recipient.delivery_id in won]
+
+    def _close_journal(self) -> None:
+        journal, self._journal = self._journal, None
+        if journal is not None:
+            journal.close()
 
     def _count(self, progress: Progress, outcome: str | None, reply: str = "") -> None:
         """Add a recipient's final status to the progress and the error window, and report it."""
@@ -331,34 +393,23 @@ class CampaignRunner:
         self._report(progress)
 
     def _deliver(
-        self, spec: CampaignSpec, templates: CampaignTemplates, recipient: Recipient
+        self, spec: CampaignSpec, recipient: Recipient, message: Outgoing, following: Outgoing | None = None
     ) -> tuple[str | None, str]:
-        """Send one message; return the final status it reached (None if it stays queued) and the reply."""
+        """Send one claimed message; return the final status it reached (None if it stays queued) and the reply."""
+        # The claim counted the attempt and left the row in "sending", so every
+        # outcome below moves it from there, whether or not the message got
+        # as far as its handover.
         try:
-            message = self._compose(spec, templates, recipient)
-        except (MissingFields, ValueError) as e:
-            self.store.mark_failed(recipient.delivery_id, f"not sent: {e}")
-            return "failed", f"not sent: {e}"
-
-        attempt = _Attempt()
-
-        def hand_over() -> None:
-            self.store.mark_sending(recipient.delivery_id, message.message_id, recipient.context)
-            attempt.handed_over = True
-
-        try:
-            result = self.sender.send(message, hand_over)
-        except Claimed:
-            log.info(
-                "skipped delivery %s of campaign %s: another process sent it",
-                recipient.delivery_id, spec.id, extra={"campaign_id": spec.id},
+            result = self.sender.send(
+                message, lambda: self._journal.handing_over(recipient.delivery_id), following
             )
-            return None, ""
         except PermanentFailure as e:
-            return self._fail(spec, recipient, e, attempt.handed_over), e.reply
+            return self._fail(spec, recipient, e, handed_over=True), e.reply
         except (TemporaryFailure, ConnectionLost) as e:
-            return self._defer(spec.id, recipient, e, attempt.handed_over), e.reply
+            return self._defer(spec.id, recipient, e, handed_over=True), e.reply
 
+        if result.confirmed:
+            self._journal.accepted(recipient.delivery_id)
         self.store.mark_sent(recipient.delivery_id, result.reply, result.provider_id)
         return "sent", result.reply
 
@@ -393,14 +444,7 @@ class CampaignRunner:
         self, spec: CampaignSpec, templates: CampaignTemplates, recipients: list[Recipient], progress: Progress
     ) -> None:
         """Compose, claim, pace and send one request's recipients, then record each outcome."""
-        composed: list[tuple[Recipient, Outgoing]] = []
-        for recipient in recipients:
-            try:
-                composed.append((recipient, self._compose(spec, templates, recipient)))
-            except (MissingFields, ValueError) as e:
-                self.store.mark_failed(recipient.delivery_id, f"not sent: {e}")
-                self._count(progress, "failed", f"not sent: {e}")
-
+        composed = self._compose_all(spec, templates, recipients, progress)
         won = self.store.mark_sending_many([(r.delivery_id, m.message_id, r.context) for r, m in composed])
         composed = [(r, m) for r, m in composed if r.delivery_id in won]
         if not composed:
@@ -465,6 +509,19 @@ class CampaignRunner:
             recipient.delivery_id, spec.id, error.reply, extra={"campaign_id": spec.id},
         )
         return "failed"
+
+    def _compose_all(
+        self, spec: CampaignSpec, templates: CampaignTemplates, recipients: list[Recipient], progress: Progress
+    ) -> list[tuple[Recipient, Outgoing]]:
+        """Render each recipient's message; one that cannot be rendered fails alone, before any claim."""
+        composed: list[tuple[Recipient, Outgoing]] = []
+        for recipient in recipients:
+            try:
+                composed.append((recipient, self._compose(spec, templates, recipient)))
+            except (MissingFields, ValueError) as e:
+                self.store.mark_failed(recipient.delivery_id, f"not sent: {e}")
+                self._count(progress, "failed", f"not sent: {e}")
+        return composed
 
     def _compose(self, spec: CampaignSpec, templates: CampaignTemplates, recipient: Recipient) -> Outgoing:
         content = templates.render(recipient.context)

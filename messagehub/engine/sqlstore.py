@@ -9,7 +9,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, aliased
 
 from messagehub.engine import status as campaign_status
-from messagehub.engine.store import CampaignSpec, Claimed, InDoubt, Progress, Recipient
+from messagehub.engine.store import CampaignSpec, InDoubt, Progress, Recipient
 from messagehub.messages.templating import build_context
 from messagehub.models import Campaign, Channel, Contact, Delivery, DeliveryStatus, OptOut, UTCDateTime, utcnow
 
@@ -24,36 +24,60 @@ _campaigns = Campaign.__table__
 
 # The statements of the send loop, built once: composing them per message
 # cost more than the SQLite writes themselves.
-_CLAIM = (
+_CLAIM_MANY = (
     update(_deliveries)
-    .where(_deliveries.c.id == bindparam("d_id"), _deliveries.c.status == QUEUED)
+    .where(_deliveries.c.id.in_(bindparam("ids", expanding=True)), _deliveries.c.status == QUEUED)
     .values(
         status=SENDING,
-        message_id=bindparam("m_id"),
-        context=bindparam("ctx", type_=JSON()),
         attempts=_deliveries.c.attempts + 1,
         updated_at=bindparam("now", type_=UTCDateTime()),
     )
+    .returning(_deliveries.c.id)
 )
-_MOVE = (
+# The Message-ID and template fields of each claimed delivery, run as one executemany.
+_STAMP = (
+    update(_deliveries)
+    .where(_deliveries.c.id == bindparam("d_id"))
+    .values(message_id=bindparam("m_id"), context=bindparam("ctx", type_=JSON()))
+)
+_MOVE_VALUES = {
+    "status": bindparam("d_to"),
+    "provider_reply": bindparam("reply"),
+    "provider_id": bindparam("p_id"),
+    "next_attempt_at": bindparam("retry_at", type_=UTCDateTime()),
+    "attempts": _deliveries.c.attempts + bindparam("bump"),
+    "updated_at": bindparam("now", type_=UTCDateTime()),
+    "sent_at": bindparam("sent_at", type_=UTCDateTime()),
+}
+_MOVE_ONE = (
     update(_deliveries)
     .where(_deliveries.c.id == bindparam("d_id"), _deliveries.c.status == bindparam("d_from"))
-    .values(
-        status=bindparam("d_to"),
-        provider_reply=bindparam("reply"),
-        provider_id=bindparam("p_id"),
-        next_attempt_at=bindparam("retry_at", type_=UTCDateTime()),
-        attempts=_deliveries.c.attempts + bindparam("bump"),
-        updated_at=bindparam("now", type_=UTCDateTime()),
-        sent_at=bindparam("sent_at", type_=UTCDateTime()),
-    )
+    .values(_MOVE_VALUES)
     .returning(_deliveries.c.campaign_id)
+)
+# The same move run as one executemany for many deliveries of one campaign.
+# executemany returns no rows, so the counters come from its row count.
+_MOVE_MANY = (
+    update(_deliveries)
+    .where(_deliveries.c.id == bindparam("d_id"), _deliveries.c.status == bindparam("d_from"))
+    .values(_MOVE_VALUES)
 )
 # Campaign counter moved by each final delivery status, by "n" deliveries.
 _COUNT = {
     status: update(_campaigns).where(_campaigns.c.id == bindparam("c_id")).values({column: column + bindparam("n")})
     for status, column in ((SENT, _campaigns.c.sent), (FAILED, _campaigns.c.failed), (SKIPPED, _campaigns.c.skipped))
 }
+
+# The contact fields a message is rendered from, read with each batch.
+_CONTACT_COLUMNS = (
+    Contact.id.label("contact_id"),
+    Contact.email,
+    Contact.first_name,
+    Contact.last_name,
+    Contact.phone,
+    Contact.country,
+    Contact.attributes,
+)
 
 # Most "sent" outcomes kept in memory before they are written on their own.
 # They are written sooner with the next claim, in its transaction, so a busy
@@ -71,7 +95,6 @@ class SqlCampaignStore:
     def __init__(self, engine: Engine):
         self.engine = engine
         self._pending: list[dict] = []
-        self._claim_connection = None
 
     def load_campaign(self, campaign_id: int) -> CampaignSpec:
         with Session(self.engine) as session:
@@ -173,8 +196,10 @@ class SqlCampaignStore:
         self, campaign_id: int, limit: int, now: datetime, partition: tuple[int, int] | None = None
     ) -> list[Recipient]:
         self.flush()
+        # Columns rather than Contact objects: the ORM's identity map and
+        # instance state cost more per recipient than rendering the message.
         query = (
-            select(Delivery.id, Delivery.address, Delivery.attempts, Contact)
+            select(Delivery.id, Delivery.address, Delivery.attempts, *_CONTACT_COLUMNS)
             .join(Contact, Contact.id == Delivery.contact_id, isouter=True)
             .where(
                 Delivery.campaign_id == campaign_id,
@@ -185,37 +210,20 @@ class SqlCampaignStore:
             .order_by(Delivery.id)
             .limit(limit)
         )
-        with Session(self.engine) as session:
-            return [
-                Recipient(delivery_id, address, attempts, _display_name(contact), recipient_context(address, contact))
-                for delivery_id, address, attempts, contact in session.execute(query)
-            ]
+        with self.engine.connect() as connection:
+            rows = connection.execute(query).all()
 
-    def mark_sending(self, delivery_id: int, message_id: str, context: dict | None = None) -> None:
-        # A connection of its own, kept open: between this commit and the
-        # sender's write, a killed process loses the message, so no pool
-        # check-in or other work may sit in between.
-        if self._claim_connection is None:
-            self._claim_connection = self.engine.connect()
-        connection = self._claim_connection
-        with connection.begin():
-            self._write_pending(connection)
-            # Conditional on the row still being queued: of two processes that
-            # reach the point of no return for one recipient, only one wins.
-            result = connection.execute(
-                _CLAIM, {"d_id": delivery_id, "m_id": message_id, "ctx": context, "now": utcnow()}
+        recipients = []
+        for row in rows:
+            contact = row if row.contact_id is not None else None
+            recipients.append(
+                Recipient(row.id, row.address, row.attempts, _display_name(contact), recipient_context(row.address, contact))
             )
-
-        # Raised after the commit, so the pending outcomes written with it stay written.
-        if result.rowcount != 1:
-            raise Claimed(f"delivery {delivery_id} was handed over by another process")
+        return recipients
 
     def close(self) -> None:
-        """Write what is pending and close the connection kept for claims."""
+        """Write what is pending."""
         self.flush()
-        connection, self._claim_connection = self._claim_connection, None
-        if connection is not None:
-            connection.close()
 
     def flush(self) -> None:
         """Write the "sent" outcomes still kept in memory."""
@@ -225,15 +233,22 @@ class SqlCampaignStore:
             self._write_pending(connection)
 
     def mark_sending_many(self, claims: list[tuple[int, str, dict | None]]) -> set[int]:
-        won = set()
-        now = utcnow()
+        # Conditional on the rows still being queued: of two processes that
+        # claim one delivery, only one gets it back from RETURNING.
         with self.engine.begin() as connection:
             self._write_pending(connection)
-            for delivery_id, message_id, context in claims:
-                parameters = {"d_id": delivery_id, "m_id": message_id, "ctx": context, "now": now}
-                result = connection.execute(_CLAIM, parameters)
-                if result.rowcount == 1:
-                    won.add(delivery_id)
+            won = set(
+                connection.execute(
+                    _CLAIM_MANY, {"ids": [delivery_id for delivery_id, _, _ in claims], "now": utcnow()}
+                ).scalars()
+            )
+            stamps = [
+                {"d_id": delivery_id, "m_id": message_id, "ctx": context}
+                for delivery_id, message_id, context in claims
+                if delivery_id in won
+            ]
+            if stamps:
+                connection.execute(_STAMP, stamps)
         return won
 
     def release(self, delivery_id: int, reply: str, retry_at: datetime) -> None:
@@ -356,9 +371,34 @@ class SqlCampaignStore:
         so the counters always match the rows, whenever the process dies.
         """
         pending, self._pending = self._pending, []
-        counts: dict[tuple[int, str], int] = {}
+        groups: dict[tuple[str, str], list[dict]] = {}
         for parameters in pending:
-            campaign_id = connection.execute(_MOVE, parameters).scalar()
+            groups.setdefault((parameters["d_from"], parameters["d_to"]), []).append(parameters)
+
+        for (_, target), moves in groups.items():
+            campaign_id = self._single_campaign(connection, moves)
+            if campaign_id is None:
+                self._move_one_by_one(connection, moves)
+                continue
+            moved = connection.execute(_MOVE_MANY, moves).rowcount
+            if moved and target in _COUNT:
+                connection.execute(_COUNT[target], {"c_id": campaign_id, "n": moved})
+
+    def _single_campaign(self, connection, moves: list[dict]) -> int | None:
+        """Return the campaign of all ``moves`` when an executemany can apply them and count them exactly."""
+        if len(moves) == 1 or not connection.dialect.supports_sane_multi_rowcount:
+            return None
+        campaigns = connection.execute(
+            select(_deliveries.c.campaign_id)
+            .where(_deliveries.c.id.in_([move["d_id"] for move in moves]))
+            .distinct()
+        ).scalars().all()
+        return campaigns[0] if len(campaigns) == 1 else None
+
+    def _move_one_by_one(self, connection, moves: list[dict]) -> None:
+        counts: dict[tuple[int, str], int] = {}
+        for parameters in moves:
+            campaign_id = connection.execute(_MOVE_ONE, parameters).scalar()
             if campaign_id is not None and parameters["d_to"] in _COUNT:
                 key = (campaign_id, parameters["d_to"])
                 counts[key] = counts.get(key, 0) + 1
@@ -377,7 +417,7 @@ def _move_parameters(
     retry_at: datetime | None = None,
     bump: int = 0,
 ) -> dict:
-    """Return the parameters of ``_MOVE`` for one delivery."""
+    """Return the parameters of a move (``_MOVE_ONE``, ``_MOVE_MANY``) for one delivery."""
     now = utcnow()
     return {
         "d_id": delivery_id,
@@ -440,14 +480,17 @@ def _audience_rules(channel: str) -> list[tuple]:
     return rules
 
 
-def _display_name(contact: Contact | None) -> str:
+def _display_name(contact) -> str:
     if contact is None:
         return ""
     return " ".join(part for part in (contact.first_name, contact.last_name) if part)
 
 
-def recipient_context(address: str, contact: Contact | None) -> dict:
-    """Return the template fields of one recipient; a deleted contact keeps only its address."""
+def recipient_context(address: str, contact) -> dict:
+    """Return the template fields of one recipient; a deleted contact keeps only its address.
+
+    ``contact`` is a Contact or a row with the same fields, or None.
+    """
     if contact is None:
         return build_context(email=address)
 

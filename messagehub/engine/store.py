@@ -61,10 +61,6 @@ class Progress:
         return self.sent + self.failed + self.skipped
 
 
-class Claimed(Exception):
-    """Another process handed this delivery over first."""
-
-
 class CampaignStore(Protocol):
     """Storage of campaigns, their recipients and their progress."""
 
@@ -84,9 +80,6 @@ class CampaignStore(Protocol):
         self, campaign_id: int, limit: int, now: datetime, partition: tuple[int, int] | None = None
     ) -> list[Recipient]:
         """Return up to ``limit`` queued deliveries due at ``now``, oldest first, of ``partition`` (k, n) if given."""
-
-    def mark_sending(self, delivery_id: int, message_id: str, context: dict | None = None) -> None:
-        """Commit that the message is being handed over, with the fields it was rendered from; raise Claimed if taken."""
 
     def mark_sending_many(self, claims: list[tuple[int, str, dict | None]]) -> set[int]:
         """Commit a batch of (delivery id, message id, template fields) as handed over; return the ids this run won."""
@@ -110,7 +103,7 @@ class CampaignStore(Protocol):
         """Commit every outcome recorded but not yet written."""
 
     def close(self) -> None:
-        """Flush, then release any connection the store keeps open."""
+        """Commit every outcome recorded but not yet written, before the run ends."""
 
     def mark_deferred(self, delivery_id: int, reply: str, retry_at: datetime, handed_over: bool = False) -> None:
         """Commit a temporary failure; the delivery is queued again for ``retry_at``."""

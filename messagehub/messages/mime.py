@@ -32,7 +32,7 @@ import hashlib
 import hmac
 import re
 from collections.abc import Iterator, Mapping
-from dataclasses import asdict, replace
+from dataclasses import replace
 from datetime import datetime, timezone
 from email.utils import format_datetime
 from functools import lru_cache
@@ -161,7 +161,20 @@ def _message_id_domain(domain: str) -> str:
 
 def build_from_content(content: EmailContent, message_id: str) -> OutgoingMessage:
     """Build the message of ``content``, keeping the parts on it for APIs that take fields."""
-    return replace(build_message(**asdict(content), message_id=message_id), content=content)
+    # Fields passed by name: dataclasses.asdict copies every value deeply,
+    # which cost more than building the headers.
+    message = build_message(
+        subject=content.subject,
+        text=content.text,
+        html=content.html,
+        from_name=content.from_name,
+        from_email=content.from_email,
+        reply_to=content.reply_to,
+        to_name=content.to_name,
+        to_email=content.to_email,
+        message_id=message_id,
+    )
+    return replace(message, content=content)
 
 
 def build_message(

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from typing import Callable, Protocol, Sequence, Union
 
 # Called by a sender right before the step it cannot take back, so the engine
-# can commit that the message is on its way (see ``Sender.send``).
+# can record that the message is on its way (see ``Sender.send``).
 HandoverCallback = Callable[[], None]
 
 
@@ -128,7 +128,9 @@ class ProviderUnavailable(SendError):
 class Sender(Protocol):
     """Delivers one message at a time over a connection it keeps open."""
 
-    def send(self, message: OutgoingMessage, on_handover: HandoverCallback) -> SendResult:
+    def send(
+        self, message: OutgoingMessage, on_handover: HandoverCallback, following: OutgoingMessage | None = None
+    ) -> SendResult:
         """Deliver ``message`` and return the provider's reply.
 
         The sender calls ``on_handover`` exactly once, immediately before the
@@ -137,10 +139,14 @@ class Sender(Protocol):
         ``on_handover``, the provider has not accepted the message. If
         ``on_handover`` itself raises, the sender abandons the message without
         handing it over (for SMTP: no final dot, the transaction is reset or the
-        connection closed) and lets that exception propagate; the engine uses
-        this when another process claimed the recipient first. After
+        connection closed) and lets that exception propagate; the engine's
+        callback raises when it cannot write its handover journal. After
         ``on_handover`` it either returns, or raises ``PermanentFailure`` or
         ``TemporaryFailure`` because the provider answered so.
+
+        ``following``, if given, is the message the caller sends next on this
+        sender; a sender may start on it early (SMTP writes its envelope
+        behind this message). The next call must then be for ``following``.
 
         :raises TemporaryFailure: retry this recipient later.
         :raises PermanentFailure: this recipient cannot be delivered.

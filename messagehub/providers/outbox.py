@@ -49,7 +49,9 @@ class OutboxSender:
         self.directory = Path(directory)
         self.folder = self.directory / safe_file_name(subfolder) if subfolder else self.directory
 
-    def send(self, message: OutgoingMessage, on_handover: HandoverCallback) -> SendResult:
+    def send(
+        self, message: OutgoingMessage, on_handover: HandoverCallback, following: OutgoingMessage | None = None
+    ) -> SendResult:
         """Write ``message`` to a temporary file, call ``on_handover``, then rename it into place.
 
         A message already written under the same Message-ID is replaced. An

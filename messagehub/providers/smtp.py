@@ -116,6 +116,9 @@ class SmtpSender:
     def __init__(self, settings: SmtpSettings):
         self.settings = settings
         self._smtp: smtplib.SMTP | None = None
+        # The message whose MAIL, RCPT and DATA went out behind the previous
+        # message's final dot, with their replies not read yet.
+        self._written_ahead: OutgoingMessage | None = None
 
     def __enter__(self) -> SmtpSender:
         return self
@@ -123,11 +126,19 @@ class SmtpSender:
     def __exit__(self, *exc_info: object) -> None:
         self.close()
 
-    def send(self, message: OutgoingMessage, on_handover: HandoverCallback) -> SendResult:
-        """Deliver ``message`` in one MAIL/RCPT/DATA transaction (see ``Sender.send``)."""
+    def send(
+        self, message: OutgoingMessage, on_handover: HandoverCallback, following: OutgoingMessage | None = None
+    ) -> SendResult:
+        """Deliver ``message`` in one MAIL/RCPT/DATA transaction (see ``Sender.send``).
+
+        With PIPELINING, the envelope of ``following`` goes out right behind
+        this message's final dot, so the next ``send`` (which must be for
+        ``following``) finds its replies waiting: one round trip per message
+        instead of two.
+        """
         check_envelope(message)
         smtp = self._open_transaction(message)
-        return self._transfer(smtp, message, on_handover)
+        return self._transfer(smtp, message, on_handover, following)
 
     def was_delivered(self, message_id: str) -> None:
         """Return None: SMTP offers no way to ask a relay about an earlier message."""
@@ -135,6 +146,10 @@ class SmtpSender:
 
     def close(self) -> None:
         """Send QUIT and close the connection, if one is open."""
+        if self._written_ahead is not None:
+            # The server may be waiting for that message's content after 354,
+            # and would take QUIT for content: only closing cancels it.
+            self._discard()
         smtp, self._smtp = self._smtp, None
         if smtp is None:
             return
@@ -158,17 +173,24 @@ class SmtpSender:
 
     def _discard(self) -> None:
         """Drop the connection without QUIT, so the next send reconnects."""
+        self._written_ahead = None
         smtp, self._smtp = self._smtp, None
         if smtp is not None:
             smtp.close()
 
     def _open_transaction(self, message: OutgoingMessage) -> smtplib.SMTP:
         """Send MAIL FROM, RCPT TO and DATA, and return the connection once the server replied 354."""
+        written = self._written_ahead is message
+        if self._written_ahead is not None and not written:
+            # Another message's envelope is waiting on this connection.
+            self._discard()
+        self._written_ahead = None
+
         reused = self._smtp is not None
         smtp = self._connection()
         try:
             if smtp.has_extn("pipelining"):
-                smtp = self._pipelined_envelope(smtp, message, reused)
+                smtp = self._pipelined_envelope(smtp, message, reused, written)
             else:
                 smtp = self._mail_from(smtp, message, reused)
                 _expect(smtp, "RCPT", f"TO:<{message.recipient}>", 200)
@@ -204,14 +226,18 @@ class SmtpSender:
         _send_mail_from(smtp, message)
         return smtp
 
-    def _pipelined_envelope(self, smtp: smtplib.SMTP, message: OutgoingMessage, reused: bool) -> smtplib.SMTP:
+    def _pipelined_envelope(
+        self, smtp: smtplib.SMTP, message: OutgoingMessage, reused: bool, written: bool = False
+    ) -> smtplib.SMTP:
         """Send MAIL FROM, RCPT TO and DATA in one write (RFC 2920), then read their three replies.
 
-        One round trip instead of three. A reused connection that the server
+        One round trip instead of three; none when the previous ``send``
+        already wrote them (``written``). A reused connection that the server
         closed while idle is replaced once, as in ``_mail_from``.
         """
         try:
-            _check_envelope_replies(_send_envelope(smtp, message))
+            replies = _read_envelope_replies(smtp) if written else _send_envelope(smtp, message)
+            _check_envelope_replies(replies)
             return smtp
         except CONNECTION_ERRORS as err:
             if not reused:
@@ -253,13 +279,23 @@ class SmtpSender:
             log.info("discarding SMTP connection to %s: RSET failed with %s", self.settings.address, reply)
             self._discard()
 
-    def _transfer(self, smtp: smtplib.SMTP, message: OutgoingMessage, on_handover: HandoverCallback) -> SendResult:
+    def _transfer(
+        self,
+        smtp: smtplib.SMTP,
+        message: OutgoingMessage,
+        on_handover: HandoverCallback,
+        following: OutgoingMessage | None = None,
+    ) -> SendResult:
         """Call ``on_handover``, then write the content and the final dot in one write, and read the reply.
 
         One write keeps the window between the handover record and the final
         dot as short as a single system call, and saves a write per message.
+        The envelope of ``following`` rides in the same write: the server
+        answers the dot and the next envelope at once. The write counts the
+        bytes that left, so a failure still tells whether the dot did.
         """
         content = encode_data(message.data) + b".\r\n"
+        ahead = self._envelope_ahead(smtp, following)
         try:
             on_handover()
         except BaseException:
@@ -269,14 +305,21 @@ class SmtpSender:
             raise
 
         try:
-            smtp.send(content)
-        except CONNECTION_ERRORS as err:
-            # sendall failed, so the final dot at the end of the content did
-            # not leave in full: the server cannot have accepted the message.
+            _send_counted(smtp.sock, content + ahead)
+        except _WriteFailed as failure:
             self._discard()
-            raise ConnectionLost(
-                f"connection to {self.settings.address} lost while sending the message: {err}"
-            ) from err
+            if failure.sent < len(content):
+                # The final dot did not leave in full: the server cannot have accepted the message.
+                raise ConnectionLost(
+                    f"connection to {self.settings.address} lost while sending the message: {failure.error}"
+                ) from failure.error
+            log.warning(
+                "lost SMTP connection to %s after handover of %s: %s",
+                self.settings.address, message.message_id, failure.error,
+            )
+            return SendResult(reply=IN_DOUBT_REPLY, confirmed=False)
+        if ahead:
+            self._written_ahead = following
 
         try:
             code, text = smtp.getreply()
@@ -288,6 +331,17 @@ class SmtpSender:
             return SendResult(reply=IN_DOUBT_REPLY, confirmed=False)
 
         return self._final_result(code, text, message)
+
+    def _envelope_ahead(self, smtp: smtplib.SMTP, following: OutgoingMessage | None) -> bytes:
+        """Return the envelope of the next message to write behind this one's dot, or b"" to wait for it."""
+        if following is None or not smtp.has_extn("pipelining"):
+            return b""
+        try:
+            check_envelope(following)
+            return _envelope_bytes(smtp, following)
+        except SendError:
+            # Its own send raises this again and records it for that recipient.
+            return b""
 
     def _final_result(self, code: int, text: bytes, message: OutgoingMessage) -> SendResult:
         """Turn the reply to the final dot into a result or a failure."""
@@ -310,6 +364,26 @@ class SmtpSender:
             "unexpected SMTP reply from %s after handover of %s: %s", self.settings.address, message.message_id, reply
         )
         return SendResult(reply=f"unexpected reply after the message was handed over: {reply}", confirmed=False)
+
+
+class _WriteFailed(Exception):
+    """A write broke off after ``sent`` bytes."""
+
+    def __init__(self, sent: int, error: OSError):
+        super().__init__(sent, error)
+        self.sent = sent
+        self.error = error
+
+
+def _send_counted(sock: socket.socket, data: bytes) -> None:
+    """Write all of ``data`` like ``sendall``, raising ``_WriteFailed`` with the bytes that left first."""
+    sent = 0
+    view = memoryview(data)
+    try:
+        while sent < len(data):
+            sent += sock.send(view[sent:])
+    except CONNECTION_ERRORS as error:
+        raise _WriteFailed(sent, error) from error
 
 
 class _Rejected(Exception):
@@ -358,10 +432,19 @@ def _send_envelope(smtp: smtplib.SMTP, message: OutgoingMessage) -> list[tuple[i
     so far are returned: a server that rejects MAIL FROM with 421 closes the
     connection before it replies to the rest.
     """
-    options = mail_options(smtp, message)
-    smtp.command_encoding = "utf-8" if message.needs_smtputf8 else "ascii"
-    smtp.send(f"MAIL FROM:<{message.sender}>{options}\r\nRCPT TO:<{message.recipient}>\r\nDATA\r\n")
+    smtp.send(_envelope_bytes(smtp, message))
+    return _read_envelope_replies(smtp)
 
+
+def _envelope_bytes(smtp: smtplib.SMTP, message: OutgoingMessage) -> bytes:
+    """Return MAIL FROM, RCPT TO and DATA as one group, encoded as the message needs."""
+    options = mail_options(smtp, message)
+    commands = f"MAIL FROM:<{message.sender}>{options}\r\nRCPT TO:<{message.recipient}>\r\nDATA\r\n"
+    return commands.encode("utf-8" if message.needs_smtputf8 else "ascii")
+
+
+def _read_envelope_replies(smtp: smtplib.SMTP) -> list[tuple[int, bytes]]:
+    """Read the replies to a MAIL, RCPT and DATA group; see ``_send_envelope``."""
     replies = [smtp.getreply()]
     for _ in range(2):
         try:
@@ -454,8 +537,13 @@ def encode_data(data: bytes) -> bytes:
     A bare CR or LF becomes CRLF, so that no line ending the server might read
     differently can hide an early end-of-data sequence in the content.
     """
-    normalized = _LINE_END.sub(b"\r\n", data)
-    stuffed = _LINE_START_DOT.sub(b"..", normalized)
+    # Counting is much cheaper than a substitution, and a message built by
+    # messagehub.messages.mime has only CRLF line ends and no leading dot.
+    line_ends = data.count(b"\r\n")
+    bare = data.count(b"\r") != line_ends or data.count(b"\n") != line_ends
+    normalized = _LINE_END.sub(b"\r\n", data) if bare else data
+    leading_dot = normalized.startswith(b".") or b"\n." in normalized
+    stuffed = _LINE_START_DOT.sub(b"..", normalized) if leading_dot else normalized
     if stuffed and not stuffed.endswith(b"\r\n"):
         stuffed += b"\r\n"
 

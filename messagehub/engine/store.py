@@ -117,6 +117,9 @@ class CampaignStore(Protocol):
     def progress(self, campaign_id: int) -> Progress:
         """Return the campaign's counts."""
 
+    def counters(self, campaign_id: int) -> Progress:
+        """Return the campaign's counts as its counters keep them, cheaply; "sending" counts as queued."""
+
     def current_status(self, campaign_id: int) -> str:
         """Return the campaign's status as stored now (another process may change it)."""
 

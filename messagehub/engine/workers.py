@@ -30,6 +30,11 @@ log = logging.getLogger("messagehub.processor")
 # Seconds between two looks of the main process at its workers.
 WATCH_INTERVAL = 0.2
 
+# Seconds between two progress reports of the main process. Each reads the
+# campaign's counter columns, not its deliveries, so a large audience costs
+# nothing more.
+PROGRESS_INTERVAL = 1.0
+
 # A worker beats at least once a second, even while it waits (the runner's
 # HEARTBEAT_SLICE). One silent for longer is taken as hung: the main process
 # stops pinging the watchdog, and systemd kills the unit.
@@ -90,6 +95,7 @@ def _watch(workers, beats, stop, store, campaign_id, on_progress, heartbeat) -> 
     WORKER_SILENCE, so one hung worker stops the pings and systemd kills the unit.
     """
     forwarded = False
+    reported = float("-inf")
     while any(worker.is_alive() for worker in workers):
         if stop.is_set() and not forwarded:
             for worker in workers:
@@ -101,8 +107,9 @@ def _watch(workers, beats, stop, store, campaign_id, on_progress, heartbeat) -> 
         now = time.monotonic()
         if heartbeat is not None and all(now - beats[share] < WORKER_SILENCE for share in alive):
             heartbeat()
-        if on_progress is not None:
-            on_progress(store.progress(campaign_id))
+        if on_progress is not None and now - reported >= PROGRESS_INTERVAL:
+            on_progress(store.counters(campaign_id))
+            reported = now
 
         if alive:
             workers[alive[0]].join(WATCH_INTERVAL)

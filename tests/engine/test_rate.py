@@ -63,11 +63,13 @@ def test_rate_spaces_batches(account: tuple[str, int]):
 
     _send_times(create_db_engine(url), account_id, 100.0, 5, 20, times)
 
-    # Five batches of 20 at 100 a second: each batch leaves 0.2 s after the previous one.
+    # Five batches of 20 at 100 a second: batch k leaves at least k * 0.2 s
+    # after the first. Measured from the first, because a batch that a busy
+    # machine let leave late narrows the gap to the next one.
     starts = sorted(set(times))
-    gaps = [later - earlier for earlier, later in zip(starts, starts[1:])]
     assert len(starts) == 5
-    assert min(gaps) >= 0.18
+    for index, start in enumerate(starts):
+        assert start - starts[0] >= index * 0.2 - 0.01
 
 
 def test_hold_delays_every_sender(account: tuple[str, int]):
@@ -87,11 +89,14 @@ def test_idle_account_does_not_burst(account: tuple[str, int]):
     rate.acquire(1)
     time.sleep(0.3)
 
+    started = time.monotonic()
     waits = [rate.acquire(1) for _ in range(5)]
+    elapsed = time.monotonic() - started
 
-    # After idling, the first message leaves at once and the next ones are spaced again.
+    # After idling, the first message leaves at once and the next four are
+    # spaced again: 4 / 50 s in all, not a burst.
     assert waits[0] == 0.0
-    assert all(wait > 0.01 for wait in waits[1:])
+    assert elapsed >= 4 / 50 - 0.005
 
 
 def test_rate_must_be_positive(account: tuple[str, int]):

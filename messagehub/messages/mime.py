@@ -31,6 +31,7 @@ import binascii
 import hashlib
 import hmac
 import re
+import time
 from collections.abc import Iterator, Mapping
 from dataclasses import replace
 from datetime import datetime, timezone
@@ -212,7 +213,7 @@ def build_message(
 
     headers = [
         f"Date: {_format_date(date)}\r\n",
-        _mailbox_header("From", from_name, sender),
+        _sender_header(from_name, sender),
         _mailbox_header("To", to_name, recipient),
     ]
     if reply_address:
@@ -240,12 +241,24 @@ def _checked_address(field: str, address: str) -> tuple[str, bool]:
 
 def _format_date(date: datetime | None) -> str:
     if date is None:
-        return format_datetime(datetime.now(timezone.utc))
+        return _date_of_second(int(time.time()))
 
     if date.tzinfo is None:
         raise ValueError("date has no time zone. Pass an aware datetime such as datetime.now(timezone.utc).")
 
     return format_datetime(date)
+
+
+@lru_cache(maxsize=2)
+def _date_of_second(second: int) -> str:
+    # The Date header has whole seconds, so a campaign formats it once a second, not per message.
+    return format_datetime(datetime.fromtimestamp(second, timezone.utc))
+
+
+@lru_cache(maxsize=64)
+def _sender_header(display_name: str, address: str) -> str:
+    # A campaign's From header is the same for every message.
+    return _mailbox_header("From", display_name, address)
 
 
 def _mailbox_header(name: str, display_name: str, address: str) -> str:

@@ -75,8 +75,15 @@ def run_with_workers(
         )
         for share in range(count)
     ]
-    for worker in workers:
-        worker.start()
+    # A SIGTERM that reaches a worker between the fork and its own handler
+    # would kill it silently, so the signal stays blocked over the forks and
+    # each worker unblocks it once its handler is set.
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
+    try:
+        for worker in workers:
+            worker.start()
+    finally:
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM})
     log.info(
         "campaign %s sends over %d connections, worker pids %s",
         campaign_id, count, ", ".join(str(worker.pid) for worker in workers), extra={"campaign_id": campaign_id},
@@ -152,6 +159,7 @@ def _work(
 
     signal.signal(signal.SIGTERM, request_stop)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM})
 
     def beat() -> None:
         beats[share] = time.monotonic()

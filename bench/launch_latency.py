@@ -18,11 +18,19 @@ READY=1 is what ``Type=notify`` makes systemd wait for. The socket reads the
 sender's pid from SCM_CREDENTIALS, as systemd does, so a message is only
 counted for the engine of the campaign just launched.
 
+Before each launch the script loads the campaign page and, as the page does
+on load in a browser, its audience check panel (``GET /campaigns/<id>/check``),
+untimed. A passing check is stored with the campaign, and the launch skips
+the check while the campaign and its contacts are unchanged. ``--cold``
+leaves the panel out, as a script posting the form directly would, so the
+launch checks every recipient itself.
+
 The SMTP server is tests.smtpserver.SmtpTestServer (aiosmtpd) in this process,
 because it wakes a waiting thread as each message arrives. Each run stops the
 campaign once its first message is in.
 
     .venv/bin/python bench/launch_latency.py --recipients 10000 --runs 5
+    .venv/bin/python bench/launch_latency.py --recipients 10000 --runs 5 --cold
 """
 
 from __future__ import annotations
@@ -148,8 +156,11 @@ def sender_pid(ancillary: list[tuple[int, int, bytes]]) -> int:
     return 0
 
 
-def measure_launches(directory: Path, recipients: int, runs: int) -> list[LaunchTimes]:
-    """Launch ``runs`` campaigns of ``recipients`` one after the other and time each launch."""
+def measure_launches(directory: Path, recipients: int, runs: int, cold: bool = False) -> list[LaunchTimes]:
+    """Launch ``runs`` campaigns of ``recipients`` one after the other and time each launch.
+
+    With ``cold`` the audience check panel is not loaded before the launch.
+    """
     with SmtpTestServer() as smtp, NotifySocket(directory / "notify.sock") as notify:
         instance_path = create_instance(directory, {"SUPERVISOR": "process"})
         with database_session(instance_path) as session:
@@ -160,16 +171,20 @@ def measure_launches(directory: Path, recipients: int, runs: int) -> list[Launch
         with WebServer(instance_path, {"NOTIFY_SOCKET": str(notify.path)}) as server:
             try:
                 http = login(server.url)
-                return [time_launch(http, server, notify, smtp, campaign_id) for campaign_id in campaign_ids]
+                return [time_launch(http, server, notify, smtp, campaign_id, cold) for campaign_id in campaign_ids]
             finally:
                 stop_campaigns(instance_path)
 
 
-def time_launch(http, server: WebServer, notify: NotifySocket, smtp: SmtpTestServer, campaign_id: int) -> LaunchTimes:
-    """Launch one campaign, wait for READY=1 and its first message, then stop it."""
+def time_launch(
+    http, server: WebServer, notify: NotifySocket, smtp: SmtpTestServer, campaign_id: int, cold: bool = False
+) -> LaunchTimes:
+    """Open the campaign page, launch the campaign, wait for READY=1 and its first message, then stop it."""
     from messagehub.supervisor.process import ProcessSupervisor
 
     token = form_token(http, f"{server.url}/campaigns/{campaign_id}")
+    if not cold:
+        load_check_panel(http, server, campaign_id)
     with ThreadPoolExecutor(max_workers=1) as pool:
         first_message = next_arrival(pool, smtp)
 
@@ -183,6 +198,16 @@ def time_launch(http, server: WebServer, notify: NotifySocket, smtp: SmtpTestSer
 
     stop_campaign(supervisor, campaign_id)
     return LaunchTimes(responded - started, ready - started, arrived - started)
+
+
+def load_check_panel(http, server: WebServer, campaign_id: int) -> None:
+    """Request the campaign page's audience check panel as htmx does on load, and raise unless it passes."""
+    response = http.get(
+        f"{server.url}/campaigns/{campaign_id}/check", headers={"HX-Request": "true"}, timeout=EVENT_TIMEOUT * 10
+    )
+    response.raise_for_status()
+    if 'class="flash error"' in response.text:
+        raise RuntimeError(f"the audience check of campaign {campaign_id} failed: {response.text[:500]}")
 
 
 def engine_pid(supervisor, campaign_id: int) -> int:
@@ -211,6 +236,11 @@ def parse_arguments() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--recipients", type=int, default=10_000, help="recipients of each campaign (default 10000)")
     parser.add_argument("--runs", type=int, default=5, help="launches, one campaign each (default 5)")
+    parser.add_argument(
+        "--cold",
+        action="store_true",
+        help="launch without loading the page's audience check first, so that the launch checks every recipient itself",
+    )
     return parser.parse_args()
 
 
@@ -218,7 +248,7 @@ def main() -> None:
     """Time the launches and print each one and the medians."""
     options = parse_arguments()
     with tempfile.TemporaryDirectory(prefix="messagehub-bench-") as directory:
-        launches = measure_launches(Path(directory), options.recipients, options.runs)
+        launches = measure_launches(Path(directory), options.recipients, options.runs, options.cold)
 
     for times in launches:
         print(

@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
+import logging
 import secrets
 from dataclasses import asdict, dataclass
 from dataclasses import fields as dataclass_fields
 from datetime import datetime
 from typing import Iterator
 
-from sqlalchemy import Engine, Select, select
+from sqlalchemy import Engine, Select, func, select
 from sqlalchemy.orm import Session
 
+from messagehub.campaigns.audience_shapes import ShapeMemo, field_shapes
 from messagehub.delivery_settings import DELIVERY_METHODS, open_sender
 from messagehub.engine import status as campaign_status
 from messagehub.engine.process import engine_settings
@@ -28,6 +32,8 @@ from messagehub.messages.sms import SmsPlan, SmsSegments, count_segments
 from messagehub.models import Campaign, Channel, Contact, Delivery, OptOut, ProviderAccount, Setting
 from messagehub.provider_accounts import KINDS, account_problem, accounts_for
 from messagehub.providers.base import EmailContent, OutgoingSms, SendError, SendResult
+
+log = logging.getLogger("messagehub.web")
 
 
 def contact_context(contact: Contact) -> dict:
@@ -54,23 +60,36 @@ def reachable(channel: str):
     return Contact.email.is_not(None) & Contact.unsubscribed.is_(False) & ~opted_out
 
 
+def template_sources(campaign: Campaign) -> tuple[str, str, str]:
+    """Return the campaign's subject, text body and HTML body as its messages use them."""
+    if is_sms(campaign):
+        return "", campaign.text_body, ""
+    return campaign.subject, campaign.text_body, campaign.html_body
+
+
 def compile_templates(campaign: Campaign) -> CampaignTemplates:
     """Compile the campaign's subject and bodies; raises TemplateSyntaxProblem, a TemplateProblem."""
-    if is_sms(campaign):
-        return CampaignTemplates.compile("", campaign.text_body, "")
-    return CampaignTemplates.compile(campaign.subject, campaign.text_body, campaign.html_body)
+    return CampaignTemplates.compile(*template_sources(campaign))
+
+
+# The columns of a contact that its label and its template fields read.
+_AUDIENCE_COLUMNS = (
+    Contact.id, Contact.email, Contact.first_name, Contact.last_name, Contact.phone, Contact.country, Contact.attributes,
+)
 
 
 def audience(session: Session, list_id: int, channel: str = Channel.EMAIL.value) -> Iterator[tuple[str, dict]]:
     """Yield each contact of a list the campaign will send to as (label, template context), streaming."""
+    # Plain rows rather than Contact objects: building and tracking an ORM
+    # object per contact took longer than rendering its templates.
     query = (
-        select(Contact)
+        select(*_AUDIENCE_COLUMNS)
         .where(Contact.list_id == list_id, reachable(channel))
         .order_by(Contact.id)
         .execution_options(yield_per=1000)
     )
     phones: set[str] = set()
-    for contact in session.execute(query).scalars():
+    for contact in session.execute(query):
         if channel != Channel.SMS.value:
             yield contact_label(contact), contact_context(contact)
         elif contact.phone not in phones:
@@ -80,9 +99,77 @@ def audience(session: Session, list_id: int, channel: str = Channel.EMAIL.value)
 
 
 def check_campaign(session: Session, campaign: Campaign) -> AudienceCheck:
-    """Render every template for every recipient and report which contacts lack which fields."""
+    """Render every template for every recipient and report which contacts lack which fields.
+
+    Where the templates allow it, contacts alike in every field the templates
+    can test share one render (``audience_shapes``), with the same result.
+    """
     templates = compile_templates(campaign)
-    return check_audience(templates, audience(session, campaign.list_id, campaign.channel))
+    shapes = field_shapes(template_sources(campaign))
+    checked = ShapeMemo(templates, shapes) if shapes is not None else templates
+    return check_audience(checked, audience(session, campaign.list_id, campaign.channel))
+
+
+# Part of every audience fingerprint. Raise it when a change to the templating
+# code can change the outcome of a check, so that checks stored before are redone.
+AUDIENCE_CHECK_VERSION = 1
+
+
+def audience_fingerprint(session: Session, campaign: Campaign) -> str:
+    """Return a SHA-256 digest of what the campaign's audience check depends on.
+
+    That is the templates, the channel, the list, and aggregates of the list's
+    contacts and of the channel's opt-outs. Adding or deleting a contact changes
+    the count or the sum of ids, and editing one (unsubscribing included) moves
+    the latest ``updated_at``, which the ORM sets on every update.
+    """
+    # NOTE: some changes leave the fingerprint as it was. These are an update
+    # written without the ORM, one made with the clock set back, and one whose
+    # updated_at was taken before that of another writer's earlier commit to
+    # the same list. Launch then skips the check, and the engine fails each
+    # recipient whose message lacks a field instead of sending it.
+    contacts = session.execute(
+        select(func.count(), func.sum(Contact.id), func.max(Contact.updated_at)).where(Contact.list_id == campaign.list_id)
+    ).one()
+    opt_outs = session.execute(
+        select(func.count(), func.sum(OptOut.id), func.max(OptOut.id)).where(OptOut.channel == campaign.channel)
+    ).one()
+    parts = [
+        AUDIENCE_CHECK_VERSION,
+        campaign.channel,
+        campaign.list_id,
+        campaign.subject,
+        campaign.text_body,
+        campaign.html_body,
+        [str(value) for value in contacts],
+        [str(value) for value in opt_outs],
+    ]
+    return hashlib.sha256(json.dumps(parts).encode()).hexdigest()
+
+
+def check_and_remember(session: Session, campaign: Campaign) -> AudienceCheck:
+    """Run the full audience check, and store the fingerprint on a draft whose check passed.
+
+    Launching the draft later skips the check while the fingerprint still
+    matches. The caller commits. Raises TemplateProblem as ``check_campaign`` does.
+    """
+    # Taken before the contacts are read, so a change during the check leaves
+    # a fingerprint that no longer matches, never one that hides the change.
+    fingerprint = audience_fingerprint(session, campaign)
+    try:
+        result = check_campaign(session, campaign)
+    except TemplateProblem:
+        _store_check(campaign, None)
+        raise
+
+    _store_check(campaign, fingerprint if result.total and not result.failing else None)
+    return result
+
+
+def _store_check(campaign: Campaign, fingerprint: str | None) -> None:
+    # Only a draft's check is of use, because launch does not check a campaign that ran before.
+    if campaign.status == campaign_status.DRAFT and campaign.audience_checked != fingerprint:
+        campaign.audience_checked = fingerprint
 
 
 def sms_plan(session: Session, campaign: Campaign) -> SmsPlan:
@@ -121,7 +208,9 @@ def delivery_problem(session: Session, campaign: Campaign, secret_key: str) -> s
 def launch_problem(session: Session, campaign: Campaign, secret_key: str, running_here: bool = False) -> str | None:
     """Return why the campaign cannot be sent now, or None.
 
-    A draft is checked in full first: every template must render for every recipient.
+    A draft is checked in full first: every template must render for every
+    recipient. The check is skipped when a passing one was stored for the
+    same templates and contacts (``check_and_remember``).
     """
     if running_here:
         return f"Campaign {campaign.id} is already sending."
@@ -133,6 +222,12 @@ def launch_problem(session: Session, campaign: Campaign, secret_key: str, runnin
     if problem:
         return problem
     if campaign.status != campaign_status.DRAFT:
+        return None
+    if campaign.audience_checked and campaign.audience_checked == audience_fingerprint(session, campaign):
+        log.info(
+            "skipped the audience check of campaign %s: a passing one is stored for the same templates and contacts",
+            campaign.id, extra={"campaign_id": campaign.id},
+        )
         return None
 
     try:

@@ -205,10 +205,14 @@ def check(campaign_id: int):
     """Render every template for every recipient and show who lacks which field."""
     campaign = _campaign_or_404(campaign_id)
     try:
-        result = service.check_campaign(db.session, campaign)
+        # A passing check is stored, so that launching the draft need not repeat it.
+        result = service.check_and_remember(db.session, campaign)
         plan = service.sms_plan(db.session, campaign) if service.is_sms(campaign) else None
     except TemplateProblem as e:
+        db.session.commit()
         return render_template("campaigns/_check.html", error=str(e), result=None, campaign=campaign, plan=None)
+
+    db.session.commit()
     return render_template("campaigns/_check.html", error=None, result=result, campaign=campaign, plan=plan)
 
 

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -40,6 +41,7 @@ from smtp_throughput import REPO, stop_process
 
 sys.path.insert(0, str(REPO))
 
+from tests.fakes.aws import AwsStandIn  # noqa: E402
 from tests.fakes.openapi_check import SENDGRID_SPEC, TWILIO_SPEC, ApiDescription, StandInServer  # noqa: E402 - importable once the checkout is on the path
 from tests.fakes.sendgrid import FakeSendGrid  # noqa: E402
 from tests.fakes.twilio import FakeTwilio  # noqa: E402
@@ -47,6 +49,7 @@ from tests.fakes.twilio import FakeTwilio  # noqa: E402
 SPECS = REPO / ".." / "shared" / "specs"
 
 SMS_SENDER = "+14155550100"
+SMS_KINDS = ("twilio", "sns")
 SMS_BODY = "Hi {{ first_name | default('there') }}, your reading club code is 1234."
 
 # Seconds one engine run may take before it counts as stuck.
@@ -108,7 +111,7 @@ def prepare_instance(
     instance_path = create_instance(directory, {"SUPERVISOR": "process", "LOG_LEVEL": "WARNING"})
     with database_session(instance_path) as session:
         account_id = insert_account(session, kind, account, rate)
-        sms = kind == "twilio"
+        sms = kind in SMS_KINDS
         list_id = insert_contacts(session, recipients, with_phones=sms)
         fields = {"delivery_method": "account", "provider_account_id": account_id}
         if sms:
@@ -139,11 +142,17 @@ def insert_account(session, kind: str, values: dict[str, str], rate: float) -> i
     return account.id
 
 
-def run_campaign(instance_path: Path, campaign_id: int, stand_in: StandInServer, recipients: int) -> ApiRun:
-    """Run the engine on one campaign and measure it from what the stand-in recorded."""
+def run_campaign(
+    instance_path: Path,
+    campaign_id: int,
+    stand_in: StandInServer | AwsSends,
+    recipients: int,
+    environment: dict[str, str] | None = None,
+) -> ApiRun:
+    """Run the engine on one campaign, with ``environment`` added to this process's, and measure it."""
     requests_before = len(stand_in.request_times)
     accepted_before = len(stand_in.accepted)
-    environment = {**os.environ, "MESSAGEHUB_INSTANCE_PATH": str(instance_path)}
+    environment = {**os.environ, **(environment or {}), "MESSAGEHUB_INSTANCE_PATH": str(instance_path)}
     log_path = instance_path / f"engine-{campaign_id}.log"
 
     with log_path.open("wb") as log:
@@ -241,44 +250,131 @@ def measure_run(arrivals: list[float], accepted_at: list[float], usage: EngineUs
     )
 
 
-def measure_twilio(directory: Path, recipients: int, runs: int, rate: float, check_requests: bool) -> list[ApiRun]:
+def measure_twilio(
+    directory: Path, recipients: int, runs: int, rate: float, check_requests: bool, keep_alive: bool = True
+) -> list[ApiRun]:
     """Send ``runs`` SMS campaigns of ``recipients`` through TwilioSender to the Twilio stand-in."""
-    with BenchTwilio(load_description(TWILIO_SPEC)) as stand_in:
-        stand_in.check_requests = check_requests
+    stand_in = BenchTwilio(load_description(TWILIO_SPEC))
+    stand_in.check_requests = check_requests
+    stand_in.keep_alive = keep_alive
+    with stand_in:
         account = {"account_sid": stand_in.account_sid, "auth_token": stand_in.auth_token, "base_url": stand_in.url}
         instance_path, campaign_ids = prepare_instance(directory, "twilio", recipients, runs, rate, account)
         return [run_campaign(instance_path, campaign_id, stand_in, recipients) for campaign_id in campaign_ids]
 
 
-def measure_sendgrid(directory: Path, recipients: int, runs: int, rate: float, check_requests: bool) -> list[ApiRun]:
+def measure_sendgrid(
+    directory: Path, recipients: int, runs: int, rate: float, check_requests: bool, keep_alive: bool = True
+) -> list[ApiRun]:
     """Send ``runs`` email campaigns of ``recipients`` through SendGridSender to the SendGrid stand-in."""
-    with BenchSendGrid(load_description(SENDGRID_SPEC)) as stand_in:
-        stand_in.check_requests = check_requests
+    stand_in = BenchSendGrid(load_description(SENDGRID_SPEC))
+    stand_in.check_requests = check_requests
+    stand_in.keep_alive = keep_alive
+    with stand_in:
         account = {"api_key": stand_in.api_key, "base_url": stand_in.url}
         instance_path, campaign_ids = prepare_instance(directory, "sendgrid", recipients, runs, rate, account)
         return [run_campaign(instance_path, campaign_id, stand_in, recipients) for campaign_id in campaign_ids]
+
+
+@dataclass(frozen=True)
+class AcceptedAt:
+    """A message the AWS stand-in accepted, and when its request arrived."""
+
+    accepted_at: float
+
+
+class AwsSends:
+    """The send requests of one operation at the AWS stand-in, read the way the HTTP stand-ins offer theirs."""
+
+    def __init__(self, stand_in: AwsStandIn, operation: str):
+        self.stand_in = stand_in
+        self.operation = operation
+        self.violations: list[str] = []
+
+    @property
+    def request_times(self) -> list[float]:
+        """Return the arrival time of every request of the operation."""
+        return [request.received_at for request in self.stand_in.requests(self.operation)]
+
+    @property
+    def accepted(self) -> list[AcceptedAt]:
+        """Return the requests that got a message id, by arrival time (moto records no reply time)."""
+        requests = self.stand_in.requests(self.operation)
+        return [AcceptedAt(request.received_at) for request in requests if request.provider_id]
+
+
+def sealed_aws_environment(directory: Path) -> dict[str, str]:
+    """Return variables that keep botocore away from real AWS settings and from the instance metadata service.
+
+    The accounts name their keys and endpoint, so the engine needs none of
+    these. They make sure that a mistake cannot reach out either.
+    """
+    missing = str(directory / "no-aws-config")
+    return {
+        "AWS_CONFIG_FILE": missing,
+        "AWS_SHARED_CREDENTIALS_FILE": missing,
+        "AWS_EC2_METADATA_DISABLED": "true",
+    }
+
+
+def measure_aws(
+    directory: Path, kind: str, recipients: int, runs: int, rate: float, keep_alive: bool = True
+) -> list[ApiRun]:
+    """Send ``runs`` campaigns of ``recipients`` through SesSender (``kind`` "ses") or SnsSender ("sns") to moto."""
+    stand_in = AwsStandIn()
+    stand_in.keep_alive = keep_alive
+    stand_in.start()
+    try:
+        stand_in.verify_identity("example.com")
+        instance_path, campaign_ids = prepare_instance(directory, kind, recipients, runs, rate, stand_in.account_settings())
+        sends = AwsSends(stand_in, "SendEmail" if kind == "ses" else "Publish")
+        environment = sealed_aws_environment(directory)
+        return [run_campaign(instance_path, campaign_id, sends, recipients, environment) for campaign_id in campaign_ids]
+    finally:
+        stand_in.stop()
 
 
 def parse_arguments() -> argparse.Namespace:
     """Read the command line."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rate", type=float, default=1000.0, help="the provider accounts' rate in messages per second (default 1000)")
-    parser.add_argument("--sms", type=int, default=1_000, help="recipients of the Twilio campaign (default 1000)")
-    parser.add_argument("--email", type=int, default=5_000, help="recipients of the SendGrid campaign (default 5000)")
+    parser.add_argument(
+        "--sms", type=int, default=1_000, help="recipients of the Twilio campaign, or 0 to leave it out (default 1000)"
+    )
+    parser.add_argument(
+        "--email", type=int, default=5_000, help="recipients of the SendGrid campaign, or 0 to leave it out (default 5000)"
+    )
     parser.add_argument("--runs", type=int, default=1, help="runs of each campaign (default 1)")
+    parser.add_argument(
+        "--aws", type=int, default=0,
+        help="recipients of an SES and an SNS campaign to moto, or 0 to leave them out (default 0)",
+    )
     parser.add_argument("--check", action="store_true", help="check every request against the vendor's description")
+    parser.add_argument(
+        "--close-connections",
+        action="store_true",
+        help="serve the stand-ins with werkzeug's server, which closes every connection (default: keep-alive)",
+    )
     return parser.parse_args()
 
 
 def main() -> None:
-    """Run each campaign and print its rates and CPU use."""
+    """Run each campaign and print its rates and CPU use, then the median rate of each provider."""
     options = parse_arguments()
+    keep_alive = not options.close_connections
+    results: dict[str, list[ApiRun]] = {}
     with tempfile.TemporaryDirectory(prefix="messagehub-bench-") as directory:
         work = Path(directory)
-        results = {
-            "twilio": measure_twilio(work / "twilio", options.sms, options.runs, options.rate, options.check),
-            "sendgrid": measure_sendgrid(work / "sendgrid", options.email, options.runs, options.rate, options.check),
-        }
+        if options.sms:
+            results["twilio"] = measure_twilio(
+                work / "twilio", options.sms, options.runs, options.rate, options.check, keep_alive
+            )
+        if options.email:
+            results["sendgrid"] = measure_sendgrid(
+                work / "sendgrid", options.email, options.runs, options.rate, options.check, keep_alive
+            )
+        for kind in ("ses", "sns") if options.aws else ():
+            results[kind] = measure_aws(work / kind, kind, options.aws, options.runs, options.rate, keep_alive)
 
     for name, runs in results.items():
         for run in runs:
@@ -287,6 +383,11 @@ def main() -> None:
                 f"{run.requests_per_second:,.0f} requests/s; CPU per message: engine "
                 f"{run.engine_cpu_per_message * 1000:.2f} ms, stand-in {run.stand_in_cpu_per_message * 1000:.2f} ms"
             )
+
+    for name, runs in results.items():
+        median = statistics.median(run.messages_per_second for run in runs)
+        print(f"{name:>8}: median {median:,.0f} msg/s over {len(runs)} run(s) at an account rate of {options.rate:,.0f}")
+
 
 if __name__ == "__main__":
     main()

@@ -44,6 +44,8 @@ class ProviderKind:
     module: str
     sender_class: str
     fields: tuple[AccountField, ...] = field(default_factory=tuple)
+    # The sender takes the account's rate as ``rate``, to size its batches of concurrent requests.
+    takes_rate: bool = False
 
     @property
     def default_rate(self) -> float:
@@ -89,6 +91,7 @@ KINDS: dict[str, ProviderKind] = {
                 AccountField("configuration_set", "Configuration set", required=False),
                 AccountField("endpoint_url", "Endpoint URL", required=False, help=_AWS_ENDPOINT_HELP),
             ),
+            takes_rate=True,
         ),
         ProviderKind(
             "twilio",
@@ -104,6 +107,7 @@ KINDS: dict[str, ProviderKind] = {
                 AccountField("auth_token", "Auth token", secret=True),
                 AccountField("base_url", "API base URL", required=False, help=_BASE_URL_HELP),
             ),
+            takes_rate=True,
         ),
         ProviderKind(
             "sns",
@@ -121,6 +125,7 @@ KINDS: dict[str, ProviderKind] = {
                 ),
                 AccountField("endpoint_url", "Endpoint URL", required=False, help=_AWS_ENDPOINT_HELP),
             ),
+            takes_rate=True,
         ),
     )
 }
@@ -188,6 +193,8 @@ def open_account_sender(account: ProviderAccount, secret_key: str, timeout: floa
         raise AccountProblem(f"Account “{account.name}” lacks {', '.join(missing)}: complete it in Settings.")
 
     arguments = {f.name: values[f.name] for f in kind.fields if values.get(f.name)}
+    if kind.takes_rate:
+        arguments["rate"] = account.rate_per_second
     sender_class = getattr(importlib.import_module(kind.module), kind.sender_class)
     try:
         return sender_class(**arguments, timeout=timeout)

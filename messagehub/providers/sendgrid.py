@@ -43,6 +43,7 @@ from messagehub.providers.base import (
     TemporaryFailure,
     Throttled,
 )
+from messagehub.providers.request_pool import as_later_outcome
 
 log = logging.getLogger(__name__)
 
@@ -284,19 +285,6 @@ def _content_of(message: OutgoingMessage) -> EmailContent:
     if message.content is None:
         raise ValueError(f"message {message.message_id} has no rendered content, which SendGrid needs")
     return message.content
-
-
-def as_later_outcome(error: SendError) -> SendError:
-    """Return ``error`` as the outcome of a message that a later request of a batch did not send.
-
-    The outcome of one message is a ``TemporaryFailure`` (``Throttled``
-    included) or a ``PermanentFailure``. So a fault of the provider or the
-    connection becomes a ``TemporaryFailure`` with the same reply. The next
-    batch then meets the fault at its first request, where it raises.
-    """
-    if isinstance(error, (TemporaryFailure, PermanentFailure)):
-        return error
-    return TemporaryFailure(f"not sent: {error.reply}")
 
 
 def _fill(

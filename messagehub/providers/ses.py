@@ -33,6 +33,7 @@ from messagehub.providers.base import (
     TemporaryFailure,
     Throttled,
 )
+from messagehub.providers.request_pool import RequestPool, batch_limit_for
 
 log = logging.getLogger(__name__)
 
@@ -91,6 +92,7 @@ def make_client(
     secret_access_key: str,
     endpoint_url: str | None,
     timeout: float,
+    connections: int = 1,
 ) -> Any:
     """Build a boto3 client with explicit credentials and botocore's own retries turned off.
 
@@ -98,6 +100,7 @@ def make_client(
     repeats a request that SES or SNS may already have accepted. Endpoint
     URLs from AWS_ENDPOINT_URL* variables and ~/.aws/config are ignored,
     because the account's own ``endpoint_url`` setting is the one to use.
+    ``connections`` is how many threads send through the client at once.
     """
     if not region:
         raise ValueError("AWS region is empty: set a region such as eu-west-1")
@@ -111,6 +114,8 @@ def make_client(
         read_timeout=timeout,
         retries={"mode": "standard", "total_max_attempts": 1},
         ignore_configured_endpoint_urls=True,
+        # botocore's default pool keeps 10 connections open.
+        max_pool_connections=max(connections, 10),
     )
     # A session of its own per client: boto3's default session is not thread-safe.
     session = boto3.session.Session()
@@ -260,9 +265,12 @@ def _rejected_check(service: str, endpoint: str, error: AwsError) -> list[Step]:
 
 
 class SesSender:
-    """Send each message as raw MIME through SES v2 ``SendEmail``, one message per request."""
+    """Send each message as raw MIME through SES v2 ``SendEmail``, one message per request.
 
-    batch_limit = 1
+    ``rate`` is the account's messages per second, which sets how many
+    messages a batch takes (``batch_limit_for``). A batch's requests go out at
+    once. Without a rate, messages go one at a time.
+    """
 
     def __init__(
         self,
@@ -272,13 +280,22 @@ class SesSender:
         endpoint_url: str | None = None,
         configuration_set: str | None = None,
         timeout: float = 30.0,
+        rate: float | None = None,
     ):
         self.region = region
         self.configuration_set = configuration_set or None
         self.timeout = timeout
-        self._client = make_client("sesv2", region, access_key_id, secret_access_key, endpoint_url, timeout)
+        self._pool = RequestPool(batch_limit_for(rate), "ses-request")
+        self._client = make_client(
+            "sesv2", region, access_key_id, secret_access_key, endpoint_url, timeout, self._pool.threads
+        )
         self.endpoint = self._client.meta.endpoint_url
         log.info("opened SES client for region %s (endpoint %s)", region, self.endpoint)
+
+    @property
+    def batch_limit(self) -> int:
+        """The maximum number of messages for ``send_batch``, lower for a while after a throttled request."""
+        return self._pool.window
 
     def __repr__(self) -> str:
         return (
@@ -287,9 +304,9 @@ class SesSender:
         )
 
     def send_batch(self, messages: Sequence[Outgoing]) -> list[Outcome]:
-        """Send each message with ``SendEmail`` (see ``BatchSender.send_batch``)."""
-        check_batch_size(messages, self.batch_limit)
-        return [self._send(message) for message in messages]
+        """Send each message with ``SendEmail``, all at once (see ``RequestPool.send_each``)."""
+        check_batch_size(messages, self._pool.threads)
+        return self._pool.send_each(messages, self._send)
 
     def was_delivered(self, message_id: str) -> None:
         """Return None: SES offers no lookup of a message sent earlier."""
@@ -304,7 +321,8 @@ class SesSender:
         return steps
 
     def close(self) -> None:
-        """Close the client's connection pool."""
+        """Wait for requests in flight, then close the client's connection pool."""
+        self._pool.close()
         self._client.close()
 
     def _send(self, message: Outgoing) -> Outcome:

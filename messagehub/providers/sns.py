@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import re
+import threading
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -37,6 +38,7 @@ from messagehub.providers.ses import (
     raise_or_return,
     unconfirmed_result,
 )
+from messagehub.providers.request_pool import RequestPool, batch_limit_for
 
 log = logging.getLogger(__name__)
 
@@ -82,10 +84,10 @@ class SnsSender:
     Each message costs one ``Publish``; the account's opt-out list is read
     with ``ListPhoneNumbersOptedOut`` at the first message and every
     ``OPT_OUT_REFRESH`` seconds. A number on it fails with ``opted_out=True``
-    and nothing is published.
+    and nothing is published. ``rate`` is the account's messages per second,
+    which sets how many messages a batch takes (``batch_limit_for``). A
+    batch's requests go out at once. Without a rate, messages go one at a time.
     """
-
-    batch_limit = 1
 
     def __init__(
         self,
@@ -95,6 +97,7 @@ class SnsSender:
         endpoint_url: str | None = None,
         sms_type: str = "Transactional",
         timeout: float = 30.0,
+        rate: float | None = None,
     ):
         if sms_type not in SMS_TYPES:
             raise ValueError(f"invalid SMS type {sms_type!r}: expected one of {', '.join(SMS_TYPES)}")
@@ -102,19 +105,29 @@ class SnsSender:
         self.region = region
         self.sms_type = sms_type
         self.timeout = timeout
-        self._client = make_client("sns", region, access_key_id, secret_access_key, endpoint_url, timeout)
+        self._pool = RequestPool(batch_limit_for(rate), "sns-request")
+        self._client = make_client(
+            "sns", region, access_key_id, secret_access_key, endpoint_url, timeout, self._pool.threads
+        )
         self.endpoint = self._client.meta.endpoint_url
         self._opted_out_numbers: frozenset[str] = frozenset()
         self._opt_outs_read_at: float | None = None
+        # One thread of the pool reads the list while the others wait for it.
+        self._opt_outs_lock = threading.Lock()
         log.info("opened SNS client for region %s (endpoint %s)", region, self.endpoint)
+
+    @property
+    def batch_limit(self) -> int:
+        """The maximum number of messages for ``send_batch``, lower for a while after a throttled request."""
+        return self._pool.window
 
     def __repr__(self) -> str:
         return f"SnsSender(region={self.region!r}, endpoint={self.endpoint!r}, sms_type={self.sms_type!r})"
 
     def send_batch(self, messages: Sequence[Outgoing]) -> list[Outcome]:
-        """Publish each message to its number (see ``BatchSender.send_batch``)."""
-        check_batch_size(messages, self.batch_limit)
-        return [self._send(message) for message in messages]
+        """Publish each message to its number, all at once (see ``RequestPool.send_each``)."""
+        check_batch_size(messages, self._pool.threads)
+        return self._pool.send_each(messages, self._send)
 
     def was_delivered(self, message_id: str) -> None:
         """Return None: SNS offers no lookup of a message published earlier."""
@@ -131,7 +144,8 @@ class SnsSender:
         return steps
 
     def close(self) -> None:
-        """Close the client's connection pool."""
+        """Wait for requests in flight, then close the client's connection pool."""
+        self._pool.close()
         self._client.close()
 
     def _send(self, message: Outgoing) -> Outcome:
@@ -159,12 +173,13 @@ class SnsSender:
 
         Publish has not been called yet, so no error raised here leaves a message sent.
         """
-        now = time.monotonic()
-        if self._opt_outs_read_at is None or now - self._opt_outs_read_at >= OPT_OUT_REFRESH:
-            self._opted_out_numbers = self._read_opt_outs()
-            self._opt_outs_read_at = now
+        with self._opt_outs_lock:
+            now = time.monotonic()
+            if self._opt_outs_read_at is None or now - self._opt_outs_read_at >= OPT_OUT_REFRESH:
+                self._opted_out_numbers = self._read_opt_outs()
+                self._opt_outs_read_at = now
 
-        return number in self._opted_out_numbers
+            return number in self._opted_out_numbers
 
     def _read_opt_outs(self) -> frozenset[str]:
         """Read every page of ListPhoneNumbersOptedOut."""

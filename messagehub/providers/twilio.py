@@ -1,8 +1,11 @@
 """Send text messages through Twilio's Programmable Messaging API, one message per request.
 
-The adapter uses the twilio SDK's Messages resource. Twilio has no batch
-send, so ``batch_limit`` is 1. No log line or error text built here contains
-the auth token, and the SDK's request log leaves out the Authorization header.
+The adapter uses the twilio SDK's Messages resource for the request and its
+error classes, with an HTTP client of its own (``messagehub.providers.twilio_http``).
+Twilio has no batch send, so a batch's messages go out as concurrent
+requests (``messagehub.providers.request_pool``). No log line or error text
+built here contains the auth token, and the SDK's request log leaves out the
+Authorization header.
 """
 
 from __future__ import annotations
@@ -11,14 +14,12 @@ import json
 import logging
 import re
 from collections.abc import Sequence
-from typing import Any, Union
+from typing import Union
 
-import requests
 from twilio.base.exceptions import TwilioRestException, TwilioServiceException
-from twilio.http.http_client import TwilioHttpClient
+from twilio.http import HttpClient
 from twilio.http.response import Response
 from twilio.rest import Client
-from urllib3.exceptions import ConnectTimeoutError, MaxRetryError
 
 from messagehub.providers.base import (
     ConnectionLost,
@@ -26,12 +27,13 @@ from messagehub.providers.base import (
     OutgoingSms,
     PermanentFailure,
     ProviderUnavailable,
-    SendError,
     SendResult,
     TemporaryFailure,
     Throttled,
 )
-from messagehub.providers.sendgrid import as_later_outcome, parse_retry_after
+from messagehub.providers.request_pool import RequestPool, batch_limit_for
+from messagehub.providers.sendgrid import parse_retry_after
+from messagehub.providers.twilio_http import TransportError, make_http_client
 
 log = logging.getLogger(__name__)
 
@@ -73,33 +75,27 @@ CREDENTIALS_STEP = "credentials accepted"
 ACTIVE_STEP = "account active"
 
 
-class _RecordingHttpClient(TwilioHttpClient):
-    """The SDK's HTTP client, keeping the last response, whose headers ``TwilioRestException`` leaves out."""
-
-    def __init__(self, timeout: float):
-        super().__init__(timeout=timeout)
-        self.last_response: Response | None = None
-
-    def request(self, *args: Any, **kwargs: Any) -> Response:
-        self.last_response = None
-        response = super().request(*args, **kwargs)
-        self.last_response = response
-        return response
-
-
 class TwilioSender:
     """Send text messages through Twilio, one request per message (see ``BatchSender``).
 
     ``base_url`` is the API's origin (default https://api.twilio.com). The
     TWILIO_EDGE and TWILIO_REGION environment variables do not change it.
     ``timeout`` is in seconds and applies to the connection and to each read
-    of the reply. The SDK keeps connections open between messages, and
-    ``close`` closes them. Not thread-safe: use one sender per thread.
+    of the reply. ``rate`` is the account's messages per second, which sets
+    how many messages a batch takes (``batch_limit_for``). A batch's requests
+    go out at once over as many connections, kept open until ``close``.
+    Without a rate, messages go one at a time. Not thread-safe: use one
+    sender per thread.
     """
 
-    batch_limit = 1
-
-    def __init__(self, account_sid: str, auth_token: str, base_url: str | None = None, timeout: float = 30.0):
+    def __init__(
+        self,
+        account_sid: str,
+        auth_token: str,
+        base_url: str | None = None,
+        timeout: float = 30.0,
+        rate: float | None = None,
+    ):
         if not _ACCOUNT_SID.fullmatch(account_sid):
             raise ValueError(f"invalid Twilio account SID {account_sid!r}: expected AC and 32 hexadecimal digits")
 
@@ -112,34 +108,31 @@ class TwilioSender:
         self.account_sid = account_sid
         self.base_url = _checked_base_url(base_url or DEFAULT_URL)
         self.timeout = timeout
-        self._http = _RecordingHttpClient(timeout)
+        self._pool = RequestPool(batch_limit_for(rate), "twilio-request")
+        self._http = make_http_client(self.base_url, timeout, self._pool.threads)
         self._client = _make_client(account_sid, auth_token, self.base_url, self._http)
+        # Resolved once: the SDK builds the account's context lazily, which
+        # two threads would otherwise race to do.
+        self._messages = self._client.api.v2010.account.messages
+
+    @property
+    def batch_limit(self) -> int:
+        """The maximum number of messages for ``send_batch``, lower for a while after a throttled request."""
+        return self._pool.window
 
     def __repr__(self) -> str:
         return f"TwilioSender(account_sid={self.account_sid!r}, base_url={self.base_url!r}, timeout={self.timeout})"
 
     def send_batch(self, messages: Sequence[OutgoingSms]) -> list[Outcome]:
-        """Send each message in its own request and return one outcome each (see ``BatchSender.send_batch``).
+        """Send each message in a request of its own, all at once, and return their outcomes (see ``BatchSender``).
 
-        A failure of the whole first request raises. A failure of a later
-        request becomes a ``TemporaryFailure`` (or ``Throttled``) outcome for
-        its message and for those not yet sent, because the earlier messages
-        were accepted and raising would make the engine send them again.
+        When every request failed as a whole, the first failure raises. When
+        some messages got an outcome, a failed request becomes a
+        ``TemporaryFailure`` (or ``Throttled``) outcome for its message and for
+        those not yet sent, because raising would make the engine send the
+        accepted ones again (``RequestPool.send_each``).
         """
-        outcomes: list[Outcome] = []
-        for number, message in enumerate(messages):
-            try:
-                outcome = self._send(message)
-            except SendError as error:
-                if number == 0:
-                    raise
-                later = as_later_outcome(error)
-                outcomes.extend(later for _ in messages[number:])
-                break
-
-            outcomes.append(outcome)
-
-        return outcomes
+        return self._pool.send_each(messages, self._send)
 
     def was_delivered(self, message_id: str) -> None:
         """Return None: Twilio identifies messages by its own SID, which an interrupted request never returned."""
@@ -151,8 +144,8 @@ class TwilioSender:
             account = self._client.api.v2010.accounts(self.account_sid).fetch()
         except _API_ERRORS as err:
             return self._rejected_check(err)
-        except requests.exceptions.RequestException as err:
-            return [(REACH_STEP, False, f"could not reach {self.base_url}: {_connection_reason(err)}")]
+        except TransportError as err:
+            return [(REACH_STEP, False, f"could not reach {self.base_url}: {err.reason}")]
 
         steps = [
             (REACH_STEP, True, f"{self.base_url} responded"),
@@ -167,10 +160,9 @@ class TwilioSender:
         return steps
 
     def close(self) -> None:
-        """Close the connections the SDK keeps open."""
-        session = self._http.session
-        if session is not None:
-            session.close()
+        """Wait for requests in flight, then close the connections kept open."""
+        self._pool.close()
+        self._http.close()
 
     def _rejected_check(self, err: TwilioApiError) -> list[tuple[str, bool, str]]:
         reply = self._reply_of(err)
@@ -192,10 +184,10 @@ class TwilioSender:
             else {"from_": message.sender}
         )
         try:
-            created = self._client.api.v2010.account.messages.create(to=message.recipient, body=message.body, **sender)
+            created = self._messages.create(to=message.recipient, body=message.body, **sender)
         except _API_ERRORS as err:
             return self._classify(err)
-        except requests.exceptions.RequestException as err:
+        except TransportError as err:
             return self._connection_failure(err, message)
         except ValueError as err:
             return self._unreadable_reply(err, message)
@@ -219,10 +211,10 @@ class TwilioSender:
 
         return PermanentFailure(reply, code=str(err.code) if err.code is not None else None)
 
-    def _connection_failure(self, err: requests.exceptions.RequestException, message: OutgoingSms) -> Outcome:
+    def _connection_failure(self, err: TransportError, message: OutgoingSms) -> Outcome:
         """Raise ``ConnectionLost`` when the request never left, else return an unconfirmed result."""
-        if _never_sent(err):
-            raise ConnectionLost(f"could not connect to Twilio at {self.base_url}: {_connection_reason(err)}") from err
+        if not err.sent:
+            raise ConnectionLost(f"could not connect to Twilio at {self.base_url}: {err.reason}") from err
 
         log.warning("no reply from Twilio at %s for message %s: %s", self.base_url, message.message_id, err)
         return SendResult(reply=IN_DOUBT_REPLY, confirmed=False)
@@ -255,7 +247,7 @@ def _checked_base_url(url: str) -> str:
     return url.rstrip("/")
 
 
-def _make_client(account_sid: str, auth_token: str, base_url: str, http_client: TwilioHttpClient) -> Client:
+def _make_client(account_sid: str, auth_token: str, base_url: str, http_client: HttpClient) -> Client:
     """Return an SDK client whose API domain is ``base_url``."""
     client = Client(account_sid, auth_token, http_client=http_client)
 
@@ -286,29 +278,3 @@ def _error_message(response: Response | None) -> str | None:
 
     message = payload.get("message") or payload.get("detail") or payload.get("title")
     return str(message) if message else None
-
-
-def _never_sent(err: requests.exceptions.RequestException) -> bool:
-    """Tell whether ``err`` struck before the request reached Twilio: no connection, or a bad URL."""
-    if isinstance(err, (requests.exceptions.ConnectTimeout, requests.exceptions.InvalidURL)):
-        return True
-
-    if isinstance(err, (requests.exceptions.MissingSchema, requests.exceptions.InvalidSchema)):
-        return True
-
-    # urllib3 reports a refused or failed connection (and a failed name
-    # lookup) as ConnectTimeoutError or a subclass of it, wrapped in
-    # MaxRetryError. A connection that breaks later may have carried the
-    # request, so it counts as sent.
-    reason = err.args[0] if err.args else None
-    if isinstance(reason, MaxRetryError):
-        return isinstance(reason.reason, ConnectTimeoutError)
-
-    return False
-
-
-def _connection_reason(err: requests.exceptions.RequestException) -> str:
-    reason = err.args[0] if err.args else err
-    if isinstance(reason, MaxRetryError) and reason.reason is not None:
-        return str(reason.reason)
-    return str(reason)

@@ -44,6 +44,8 @@ from moto.core import DEFAULT_ACCOUNT_ID
 from moto.moto_server.werkzeug_app import DomainDispatcherApplication, MotoRequestHandler, create_backend_app
 from werkzeug.serving import BaseWSGIServer, make_server
 
+from tests.fakes.keepalive import KeepAliveServer
+
 REGION = "eu-west-1"
 
 # Shaped like real keys, so nothing mistakes them for missing values.
@@ -236,7 +238,14 @@ class FaultPlan:
 
 
 class AwsStandIn:
-    """moto in server mode on 127.0.0.1 behind the checking layer, with helpers to read what it stored."""
+    """moto in server mode on 127.0.0.1 behind the checking layer, with helpers to read what it stored.
+
+    It serves with werkzeug's server, which closes every connection after its
+    response, or, with ``keep_alive`` set before ``start``, with
+    ``KeepAliveServer``.
+    """
+
+    keep_alive = False
 
     def __init__(self) -> None:
         self.region = REGION
@@ -246,7 +255,7 @@ class AwsStandIn:
         self.ses_account = default_ses_account()
         self._lock = threading.Lock()
         self._requests: list[RecordedRequest] = []
-        self._server: BaseWSGIServer | None = None
+        self._server: BaseWSGIServer | KeepAliveServer | None = None
         self._thread: threading.Thread | None = None
 
     @property
@@ -268,9 +277,12 @@ class AwsStandIn:
     def start(self) -> None:
         """Serve moto behind the layer on a free port of 127.0.0.1, in a daemon thread."""
         moto_app = DomainDispatcherApplication(create_backend_app)
-        self._server = make_server(
-            "127.0.0.1", 0, _Layer(moto_app, self), threaded=True, request_handler=_QuietRequestHandler
-        )
+        if self.keep_alive:
+            self._server = KeepAliveServer("127.0.0.1", 0, _Layer(moto_app, self))
+        else:
+            self._server = make_server(
+                "127.0.0.1", 0, _Layer(moto_app, self), threaded=True, request_handler=_QuietRequestHandler
+            )
         self._thread = threading.Thread(target=self._server.serve_forever, name="aws-stand-in", daemon=True)
         self._thread.start()
 
@@ -281,6 +293,8 @@ class AwsStandIn:
 
         self._server.shutdown()
         self._server.server_close()
+        if isinstance(self._server, KeepAliveServer):
+            self._server.close_connections()
         if self._thread is not None:
             self._thread.join(timeout=5)
         self._server = None
@@ -525,6 +539,8 @@ class _Layer:
     def __init__(self, moto_app: Callable[..., Iterable[bytes]], stand_in: AwsStandIn):
         self.moto_app = moto_app
         self.stand_in = stand_in
+        self._routed: set[str] = set()
+        self._first_request_lock = threading.Lock()
 
     def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
         if environ.get("PATH_INFO", "").startswith("/moto-api"):
@@ -567,7 +583,22 @@ class _Layer:
         if error is not None:
             return error(request.service)
 
-        return self.stand_in._own_response(request) or _call(self.moto_app, environ)
+        return self.stand_in._own_response(request) or self._call_moto(request.service, environ)
+
+    def _call_moto(self, service: str, environ: dict[str, Any]) -> Response:
+        """Pass the request to moto; the first request of each service runs alone.
+
+        moto 5.2 builds a service's request router on its first request. Two
+        threads building it at once made ``ast.parse`` fail with SystemError
+        (CPython 3.11), which turned a request into a 500 reply.
+        """
+        if service in self._routed:
+            return _call(self.moto_app, environ)
+
+        with self._first_request_lock:
+            response = _call(self.moto_app, environ)
+            self._routed.add(service)
+        return response
 
 
 def _call(app: Callable[..., Iterable[bytes]], environ: dict[str, Any]) -> Response:

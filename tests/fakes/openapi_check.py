@@ -32,6 +32,8 @@ from openapi_core.deserializing.styles.deserializers import StyleDeserializer
 from werkzeug.serving import BaseWSGIServer, WSGIRequestHandler, make_server
 from werkzeug.wrappers import Request, Response
 
+from tests.fakes.keepalive import KeepAliveServer
+
 # The descriptions, relative to the shared specs folder beside the checkout.
 SENDGRID_SPEC = "sendgrid/oai_v3_stoplight.json"
 TWILIO_SPEC = "twilio/twilio_api_v2010.json"
@@ -256,13 +258,18 @@ class _QuietHandler(WSGIRequestHandler):
 class StandInServer:
     """A threaded WSGI server on 127.0.0.1 that replaces a vendor's HTTP API in tests.
 
-    Subclasses build the replies in ``respond``. Every request is validated
+    It serves with werkzeug's development server, which closes every
+    connection after its response, or, with ``keep_alive`` set before
+    ``start``, with ``KeepAliveServer``, which keeps connections open as the
+    vendors' APIs do. Subclasses build the replies in ``respond``. Every request is validated
     against the description, and each violation is kept in ``violations``
     with the request's method and path. Fault injection is thread-safe: tests call
     ``limit_rate``, ``fail_next`` and ``slow`` while the sender's threads
     send. ``request_times`` contains the ``time.monotonic()`` arrival time of
     every send request (the vendor's message endpoint), accepted or not.
     """
+
+    keep_alive = False
 
     def __init__(self, description: ApiDescription):
         self.description = description
@@ -276,7 +283,7 @@ class StandInServer:
         self._failures_left = 0
         self._failure_status = 500
         self._delay = 0.0
-        self._server: BaseWSGIServer | None = None
+        self._server: BaseWSGIServer | KeepAliveServer | None = None
         self._port: int | None = None
         self._thread: threading.Thread | None = None
 
@@ -299,7 +306,10 @@ class StandInServer:
 
     def start(self) -> None:
         """Listen on a free port of 127.0.0.1 and serve in a background thread."""
-        server = make_server("127.0.0.1", 0, self._wsgi, threaded=True, request_handler=_QuietHandler)
+        if self.keep_alive:
+            server: BaseWSGIServer | KeepAliveServer = KeepAliveServer("127.0.0.1", 0, self._wsgi)
+        else:
+            server = make_server("127.0.0.1", 0, self._wsgi, threaded=True, request_handler=_QuietHandler)
         self._server = server
         self._port = server.server_port
 
@@ -319,8 +329,22 @@ class StandInServer:
 
         server.shutdown()
         server.server_close()
+        if isinstance(server, KeepAliveServer):
+            server.close_connections()
         if self._thread is not None:
             self._thread.join(timeout=5)
+
+    @property
+    def connections_accepted(self) -> int | None:
+        """Return how many connections the keep-alive server accepted, or None on werkzeug's server."""
+        if isinstance(self._server, KeepAliveServer):
+            return self._server.connections_accepted
+        return None
+
+    def close_idle_connections(self) -> None:
+        """Close the keep-alive server's open connections, as a server does when they idle too long."""
+        if isinstance(self._server, KeepAliveServer):
+            self._server.close_connections()
 
     def allow_violations(self) -> None:
         """Let this test send requests the description rejects, as tests of the checker do."""

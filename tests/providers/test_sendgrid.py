@@ -28,9 +28,9 @@ from messagehub.providers.sendgrid import (
     NOT_SENT_AFTER_DOUBT,
     REJECTED_FOR_ANOTHER,
     SendGridSender,
-    as_later_outcome,
     retry_after_from,
 )
+from messagehub.providers.request_pool import as_later_outcome
 from tests.fakes.sendgrid import INVALID_ADDRESS, FakeSendGrid
 from tests.smtpserver import unused_port
 

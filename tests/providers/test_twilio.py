@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import logging
 import re
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -20,6 +21,8 @@ from messagehub.providers.base import (
     Throttled,
 )
 from messagehub.providers.twilio import IN_DOUBT_REPLY, TwilioSender
+from tests.fakes.http_fixtures import fail_on_violations
+from tests.fakes.openapi_check import ApiDescription
 from tests.fakes.twilio import FakeTwilio
 from tests.smtpserver import unused_port
 
@@ -46,8 +49,8 @@ def make_sms(number: int, recipient: str, sender: str = SENDER_NUMBER, body: str
     return OutgoingSms(recipient=recipient, sender=sender, body=text, message_id=f"delivery-{number}")
 
 
-def sender_for(fake: FakeTwilio, timeout: float = 5.0) -> TwilioSender:
-    return TwilioSender(fake.account_sid, fake.auth_token, base_url=fake.url, timeout=timeout)
+def sender_for(fake: FakeTwilio, timeout: float = 5.0, rate: float | None = None) -> TwilioSender:
+    return TwilioSender(fake.account_sid, fake.auth_token, base_url=fake.url, timeout=timeout, rate=rate)
 
 
 def test_send_records_message(fake_twilio: FakeTwilio, numbers: list[str]) -> None:
@@ -245,3 +248,98 @@ def test_token_not_in_logs_or_errors(
 def test_invalid_account_sid() -> None:
     with pytest.raises(ValueError, match="account SID"):
         TwilioSender("AC123", "token")
+
+
+@pytest.fixture
+def keep_alive_twilio(twilio_description: ApiDescription) -> Iterator[FakeTwilio]:
+    """Run the Twilio stand-in on the keep-alive server, failing the test on requests the description rejects."""
+    server = FakeTwilio(twilio_description)
+    server.keep_alive = True
+    with server:
+        yield server
+    fail_on_violations(server)
+
+
+def test_connection_kept_open(keep_alive_twilio: FakeTwilio, numbers: list[str]) -> None:
+    sender = sender_for(keep_alive_twilio)
+
+    outcomes = [sender.send_batch([make_sms(number, recipient)])[0] for number, recipient in enumerate(numbers)]
+    sender.close()
+
+    assert all(isinstance(outcome, SendResult) and outcome.confirmed for outcome in outcomes)
+    assert len(keep_alive_twilio.accepted) == len(numbers)
+    assert keep_alive_twilio.connections_accepted == 1
+
+
+def test_idle_connection_closed_by_server(keep_alive_twilio: FakeTwilio, numbers: list[str]) -> None:
+    sender = sender_for(keep_alive_twilio)
+    sender.send_batch([make_sms(1, numbers[0])])
+    keep_alive_twilio.close_idle_connections()
+
+    [outcome] = sender.send_batch([make_sms(2, numbers[1])])
+    sender.close()
+
+    # The closed connection is noticed before the request is written, so the
+    # message goes out on a new one instead of ending up unconfirmed.
+    assert isinstance(outcome, SendResult)
+    assert outcome.confirmed is True
+    assert [message.to for message in keep_alive_twilio.accepted] == numbers[:2]
+    assert keep_alive_twilio.connections_accepted == 2
+
+
+def test_concurrent_batch_outcomes(keep_alive_twilio: FakeTwilio, numbers: list[str]) -> None:
+    sender = sender_for(keep_alive_twilio, rate=1000)
+    messages = [make_sms(number, recipient) for number, recipient in enumerate(numbers)]
+
+    outcomes = sender.send_batch(messages)
+    again = sender.send_batch(messages)
+    sender.close()
+
+    recipient_of_sid = {message.sid: message.to for message in keep_alive_twilio.accepted}
+    assert sender.batch_limit == 20
+    assert [recipient_of_sid[outcome.provider_id] for outcome in outcomes] == numbers
+    assert [recipient_of_sid[outcome.provider_id] for outcome in again] == numbers
+    # Each thread of the pool keeps its connection for the next batch.
+    assert keep_alive_twilio.connections_accepted <= len(numbers)
+
+
+def test_throttled_in_concurrent_batch(fake_twilio: FakeTwilio, numbers: list[str]) -> None:
+    fake_twilio.limit_rate(per_second=1, retry_after=2, burst=2)
+    sender = sender_for(fake_twilio, rate=1000)
+    messages = [make_sms(number, recipient) for number, recipient in enumerate(numbers)]
+
+    outcomes = sender.send_batch(messages)
+    sender.close()
+
+    accepted = {message.to for message in fake_twilio.accepted}
+    throttled = [message.recipient for message, outcome in zip(messages, outcomes) if isinstance(outcome, Throttled)]
+    assert len(accepted) == 2
+    assert sorted(throttled) == sorted(set(numbers) - accepted)
+    assert all(outcome.retry_after == 2 for outcome in outcomes if isinstance(outcome, Throttled))
+    # One request at a time for a while, so a burst does not meet the limit again.
+    assert sender.batch_limit == 1
+
+
+def test_proxy_variable_honoured(
+    fake_twilio: FakeTwilio, numbers: list[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for name in ("NO_PROXY", "no_proxy"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("HTTP_PROXY", f"http://127.0.0.1:{unused_port()}")
+
+    with pytest.raises(ConnectionLost, match="could not connect"):
+        sender_for(fake_twilio).send_batch([make_sms(1, numbers[0])])
+
+    assert fake_twilio.request_times == []
+
+
+def test_no_proxy_bypasses_proxy(
+    fake_twilio: FakeTwilio, numbers: list[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("HTTP_PROXY", f"http://127.0.0.1:{unused_port()}")
+    monkeypatch.setenv("NO_PROXY", "127.0.0.1")
+
+    [outcome] = sender_for(fake_twilio).send_batch([make_sms(1, numbers[0])])
+
+    assert isinstance(outcome, SendResult)
+    assert len(fake_twilio.accepted) == 1

@@ -58,7 +58,7 @@ clean:
 
 # Sending rates against Postfix's smtp-source/smtp-sink, engine memory and import
 # speed, printed and written to bench/results/latest.md (bench/README.md).
-# BENCH_FULL=1 adds the 1,000,000 sizes; BENCH_ARGS passes options to bench/run.py.
+# BENCH_FULL=1 adds the longest runs (bench/README.md); BENCH_ARGS passes options to bench/run.py.
 # Only the two Postfix test tools are used: a Postfix daemon that the install
 # started is stopped again.
 .PHONY: bench

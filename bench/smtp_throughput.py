@@ -3,7 +3,8 @@
 Three senders, each timed from its start to its end:
 
   ceiling     Postfix's smtp-source: 8 parallel sessions that stay open, ~2 KB messages
-  naive       Python: per message an EmailMessage, a new smtplib connection, send, QUIT
+  naive       Python: per message the same campaign message built as an EmailMessage
+              (text and HTML), a new smtplib connection, send, QUIT
   messagehub  the campaign engine (``python -m messagehub.engine ID``) sending a
               personalised multipart campaign from a fresh SQLite database
 
@@ -30,7 +31,9 @@ import tempfile
 import time
 from dataclasses import dataclass
 from email.message import EmailMessage
+from html import escape as html_escape
 from pathlib import Path
+from urllib.parse import quote
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -240,14 +243,27 @@ def run_ceiling(sink: SmtpSink, messages: int) -> Measurement:
 
 
 def naive_message(index: int) -> EmailMessage:
-    """Build one ~2 KB plain-text message for the naive sender."""
+    """Build the campaign's message for one reader the way a Python user would: an EmailMessage, text and HTML."""
     name = FIRST_NAMES[index % len(FIRST_NAMES)]
+    city = CITIES[index % len(CITIES)]
+    address = f"reader{index}@example.com"
+    text = (
+        f"Hello {name},\n\n" + "\n\n".join([PARAGRAPH] * 4)
+        + f"\n\nYour shop in {city}.\nUnsubscribe: https://news.example.com/u/{address}\n"
+    )
+    html = (
+        f"<html><body><p>Hello {html_escape(name)},</p>\n"
+        + "\n".join(f"<p>{PARAGRAPH}</p>" for _ in range(4))
+        + f"\n<p>Your shop in {html_escape(city)}.</p>\n"
+        f'<p><a href="https://news.example.com/u/{quote(address)}">Unsubscribe</a></p>\n</body></html>\n'
+    )
+
     message = EmailMessage()
-    message["From"] = "News <news@example.com>"
-    message["To"] = f"{name} <reader{index}@example.com>"
-    message["Subject"] = f"{name}, the reading list"
-    body = f"Hello {name},\n\n" + (PARAGRAPH + "\n") * (MESSAGE_BYTES // (len(PARAGRAPH) + 1))
-    message.set_content(body)
+    message["From"] = "Reading Club <news@example.com>"
+    message["To"] = f"{name} Reader {index} <{address}>"
+    message["Subject"] = f"{name}, the {city} reading list"
+    message.set_content(text)
+    message.add_alternative(html, subtype="html")
     return message
 
 

@@ -252,7 +252,7 @@ def size_notes(options: argparse.Namespace) -> list[str]:
     naive_bytes = len(naive_message(0).as_bytes())
     return [
         f"message size: smtp-source {MESSAGE_BYTES} bytes of payload plus its headers, "
-        f"naive {naive_bytes} bytes (text/plain), "
+        f"naive {naive_bytes} bytes (multipart/alternative, text and HTML, personalised, an EmailMessage), "
         f"messagehub {campaign_message_bytes()} bytes (multipart/alternative, text and HTML, personalised)",
         "the engine uses SQLite (WAL, synchronous=NORMAL) in a temporary folder, freshly migrated for every campaign",
     ]

@@ -42,6 +42,7 @@ from pathlib import Path
 
 from messagehub.contacts.csvfile import open_table
 from messagehub.contacts.importer import ContactRecord, CsvFile, open_csv
+from smtp_throughput import read_vmhwm
 
 REPO = Path(__file__).resolve().parents[1]
 SAMPLE = REPO / ".." / "shared" / "data" / "contacts-10k.csv"
@@ -52,7 +53,6 @@ SAMPLE = REPO / ".." / "shared" / "data" / "contacts-10k.csv"
 # keep their verdict (checked against the sample's outcome below).
 VARIED_DIGITS = slice(-6, -3)
 
-VMHWM_LINE = re.compile(r"^VmHWM:\s+(\d+) kB$", re.MULTILINE)
 
 # The first line `messagehub contacts import` prints about the report.
 REPORT_LINE = re.compile(
@@ -348,17 +348,6 @@ def descendants(pid: int) -> list[int]:
         pending.extend(int(child) for child in children)
 
     return found
-
-
-def read_vmhwm(pid: int) -> int:
-    """Return the peak resident set size of ``pid`` in KiB, or 0 once it has exited."""
-    try:
-        status = Path(f"/proc/{pid}/status").read_text()
-    except OSError:
-        return 0
-
-    match = VMHWM_LINE.search(status)
-    return int(match.group(1)) if match else 0
 
 
 def report(step: str, seconds: float, rows: int) -> None:

@@ -19,6 +19,13 @@
 # Default: instance/outbox.
 # OUTBOX_DIR = "/srv/messagehub/outbox"
 
+# Folder of the handover journals: the file each SMTP campaign process
+# writes before and after each message, read after a crash to tell sent from
+# unsent (messagehub/engine/README.md). Keep it on the machine that runs the
+# campaign processes. It needs no backup, because it matters only while a
+# campaign runs. Default: instance/handover.
+# HANDOVER_DIR = "/var/lib/messagehub/handover"
+
 # Recipients read from the database per batch by a campaign run. Default: 100.
 # BATCH_SIZE = 100
 

@@ -45,6 +45,9 @@ STATUSES = [status.value for status in CampaignStatus]
 # Seconds between two progress events on the server-sent event stream.
 EVENT_INTERVAL = 0.5
 
+# Seconds between two checks, while a progress stream runs, that the campaign's run is still alive.
+RECONCILE_INTERVAL = 10.0
+
 
 def _campaign_or_404(campaign_id: int) -> Campaign:
     return db.get_or_404(Campaign, campaign_id)
@@ -390,7 +393,12 @@ def events(campaign_id: int):
     @stream_with_context
     def stream():
         last = None
+        reconciled = float("-inf")
         while True:
+            # A run that died with its process would keep this stream going for good.
+            if time.monotonic() - reconciled >= RECONCILE_INTERVAL:
+                jobs_service.reconcile_or_log(db.session, choose_supervisor(app.config))
+                reconciled = time.monotonic()
             db.session.expire_all()
             campaign = db.session.get(Campaign, campaign_id)
             html = render_template("campaigns/_progress.html", campaign=campaign, streaming=True)

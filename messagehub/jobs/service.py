@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 
 from sqlalchemy import Engine, func, select
+from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
 from messagehub.engine import status as campaign_status
@@ -143,6 +144,15 @@ def reconcile(session: Session, supervisor: Supervisor, states: dict[int, UnitSt
     if changed:
         session.commit()
     return changed
+
+
+def reconcile_or_log(session: Session, supervisor: Supervisor) -> None:
+    """Reconcile like ``reconcile``, for pages that show running campaigns and must render even if it fails."""
+    try:
+        reconcile(session, supervisor)
+    except (SupervisorError, SQLAlchemyError) as e:
+        session.rollback()
+        log.warning("error reconciling campaigns with the supervisor: %s", e)
 
 
 def _why_not_running(campaign: Campaign, state: UnitState | None) -> str | None:

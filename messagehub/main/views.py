@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
-from flask import Blueprint, render_template
+from flask import Blueprint, current_app, render_template
 from sqlalchemy import func, select
 
 from messagehub.extensions import db
+from messagehub.jobs.service import reconcile_or_log
 from messagehub.main import service
 from messagehub.models import Campaign, CampaignStatus, Contact, ContactList, utcnow
+from messagehub.supervisor.choose import choose_supervisor
 
 bp = Blueprint("main", __name__)
 
@@ -41,5 +43,7 @@ def running():
 
 
 def _running() -> list[Campaign]:
+    # A run that died with its process (a web worker, a unit) would otherwise stay listed for good.
+    reconcile_or_log(db.session, choose_supervisor(current_app.config))
     query = select(Campaign).where(Campaign.status == CampaignStatus.RUNNING.value).order_by(Campaign.id)
     return db.session.execute(query).scalars().all()

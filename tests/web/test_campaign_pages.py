@@ -5,13 +5,14 @@ from __future__ import annotations
 import email
 import email.policy
 import time
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
 from markupsafe import escape
 
 from messagehub.extensions import db
-from messagehub.models import ContactList, ImportReport
+from messagehub.models import ContactList, ImportReport, utcnow
 from tests import factories
 
 
@@ -192,6 +193,21 @@ def test_send_now_streams_progress(app, client, auth, instance_path):
     assert len(list((instance_path / "outbox").rglob("*.eml"))) == 40
     page = client.get("/campaigns/1/deliveries?status=sent").get_data(as_text=True)
     assert "p39@example.com" in page
+
+
+def test_stream_ends_for_dead_run(app, client, auth):
+    auth.login("viewer")
+    list_id = factories.make_list(app, [{"email": "a@example.com", "first_name": "Ann"}])
+    # A foreground run whose web worker died: its heartbeat stopped minutes ago.
+    campaign_id = factories.make_campaign(
+        app, list_id, delivery_method="outbox", status="running", run_mode="foreground",
+        heartbeat_at=utcnow() - timedelta(minutes=5),
+    )
+
+    events = client.get(f"/campaigns/{campaign_id}/events").get_data(as_text=True)
+
+    assert 'event: done\ndata: {"status": "paused"}' in events
+    assert factories.campaign(app, campaign_id).last_error.startswith("Interrupted")
 
 
 def test_viewer_cannot_send(app, client, auth):

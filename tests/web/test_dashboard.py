@@ -171,7 +171,10 @@ def test_dashboard_queries_constant(app, client, auth):
     add_deliveries(app, first, [sent(now), failed(now)])
     with_one = count_queries()
     for number in range(5):
-        campaign_id = make_campaign(app, name=f"more {number}", delivery_method="smtp", status="running", total=2)
+        campaign_id = make_campaign(
+            app, name=f"more {number}", delivery_method="smtp", status="running", run_mode="foreground",
+            heartbeat_at=now, total=2,
+        )
         add_deliveries(app, campaign_id, [sent(now), failed(now)])
     with_six = count_queries()
 
@@ -180,7 +183,10 @@ def test_dashboard_queries_constant(app, client, auth):
 
 def test_running_panel_progress(app, client, auth):
     auth.login("viewer")
-    make_campaign(app, name="Live one", delivery_method="outbox", status="running", total=8, sent=3, failed=1)
+    make_campaign(
+        app, name="Live one", delivery_method="outbox", status="running", run_mode="foreground",
+        heartbeat_at=utcnow(), total=8, sent=3, failed=1,
+    )
     make_campaign(app, name="Done one", delivery_method="outbox", status="finished", total=8, sent=8)
 
     dashboard = client.get("/").get_data(as_text=True)
@@ -191,6 +197,22 @@ def test_running_panel_progress(app, client, auth):
     assert panel.count('class="running-campaign"') == 1
     assert "3 sent · 1 failed" in panel
     assert "<html" not in panel
+
+
+def test_running_panel_drops_dead_run(app, client, auth):
+    auth.login("viewer")
+    # A foreground run whose web worker died: its heartbeat stopped minutes ago.
+    campaign_id = make_campaign(
+        app, name="Orphan", delivery_method="outbox", status="running", run_mode="foreground",
+        heartbeat_at=utcnow() - timedelta(minutes=5), total=8, sent=3,
+    )
+
+    panel = client.get("/running", headers={"HX-Request": "true"}).get_data(as_text=True)
+
+    campaign = factories.campaign(app, campaign_id)
+    assert "No campaign is sending." in panel
+    assert campaign.status == "paused"
+    assert campaign.last_error.startswith("Interrupted: the web app process")
 
 
 def test_running_panel_empty(client, auth):

@@ -11,9 +11,12 @@ from __future__ import annotations
 
 import logging
 import multiprocessing
+import os
 from collections.abc import Callable
 from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
+
+from messagehub.engine.workers import die_with_parent
 
 log = logging.getLogger("messagehub.contacts")
 
@@ -36,7 +39,11 @@ class ValidationPool:
             # spawn, not fork: the web app calls this from a thread, and a
             # forked child would inherit locks that other threads hold.
             context = multiprocessing.get_context("spawn")
-            self._executor = ProcessPoolExecutor(max_workers=workers, mp_context=context)
+            # A worker waits on a queue whose write end it holds too, so it
+            # would outlive a killed importer without die_with_parent.
+            self._executor = ProcessPoolExecutor(
+                max_workers=workers, mp_context=context, initializer=die_with_parent, initargs=(os.getpid(),)
+            )
         except OSError as error:
             self._fall_back(error)
 

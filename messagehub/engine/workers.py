@@ -151,7 +151,7 @@ def _work(
     campaign_id: int, config: dict, share: int, count: int, beats, build_runner: Callable, parent: int
 ) -> None:
     """Send one share of the campaign in this forked process; exit 1 on an error."""
-    _die_with_parent(parent)
+    die_with_parent(parent)
     stop = threading.Event()
 
     def request_stop(signum, frame) -> None:
@@ -172,8 +172,8 @@ def _work(
         os._exit(1)
 
 
-def _die_with_parent(parent: int) -> None:
-    """Ask Linux to kill this process when the main process dies, even by SIGKILL."""
+def die_with_parent(parent: int) -> None:
+    """Ask Linux to kill this process when its parent ``parent`` dies, even by SIGKILL."""
     libc = ctypes.CDLL(None, use_errno=True)
     libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
     # The parent may have died between the fork and the prctl call.

@@ -120,7 +120,7 @@ NO_CONTACT_REASON = "no email address or valid phone number"
 WORKER_CHUNK_ROWS = 1000
 
 # Chunks sent to each worker ahead of the one whose results are awaited, so
-# a worker never waits for the reading process. With the chunk size this
+# a worker seldom waits for the reading process. With the chunk size this
 # bounds the rows in flight, and so the memory, whatever the file's size.
 WORKER_CHUNKS_AHEAD = 3
 

@@ -39,7 +39,7 @@ class ValidationPool:
             # spawn, not fork: the web app calls this from a thread, and a
             # forked child would inherit locks that other threads hold.
             context = multiprocessing.get_context("spawn")
-            # A worker waits on a queue whose write end it holds too, so it
+            # A worker waits on a queue whose write end it also has open, so it
             # would outlive a killed importer without die_with_parent.
             self._executor = ProcessPoolExecutor(
                 max_workers=workers, mp_context=context, initializer=die_with_parent, initargs=(os.getpid(),)

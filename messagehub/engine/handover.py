@@ -1,14 +1,14 @@
-"""The handover journal: a small file per sending process that says which claimed deliveries it wrote out.
+"""The handover journal: a small file per sending process that records which claimed deliveries it wrote out.
 
 A per-message sender (SMTP) claims a whole batch of deliveries in one
 database transaction, then sends them one by one. Just before the write that
 hands a message over (the one ending in the final dot), the process appends
 the delivery's id to its journal. An append is one ``write`` system call,
 which outlives a SIGKILL of the process because the data is already in the
-kernel's page cache; a database commit per message cost several times the
+kernel's page cache. A database commit per message cost several times the
 send itself.
 
-After the server's reply, it appends that the message was accepted, so the
+After the server's 2xx reply, it appends that the message was accepted, so the
 outcomes the process keeps in memory until the next commit survive it too.
 
 When a run starts, it reads what killed runs left. A delivery still in
@@ -34,7 +34,7 @@ _ACCEPTED = b"s"
 
 @dataclass
 class JournalState:
-    """What the journals of earlier runs of a campaign say."""
+    """The entries that the journals of earlier runs of a campaign contain."""
 
     claimed: set[int] = field(default_factory=set)
     handed_over: set[int] = field(default_factory=set)

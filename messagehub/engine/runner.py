@@ -364,6 +364,8 @@ class CampaignRunner:
             if self.journal_dir is None:
                 raise RuntimeError("a per-message sender needs journal_dir for its handover journal")
             self._journal = HandoverJournal(self.journal_dir, campaign_id)
+        if not composed:
+            return []
 
         # Journalled before the commit: a run killed in between leaves rows
         # still queued, while rows in "sending" are always in a journal here.
@@ -396,17 +398,14 @@ class CampaignRunner:
         self, spec: CampaignSpec, recipient: Recipient, message: Outgoing, following: Outgoing | None = None
     ) -> tuple[str | None, str]:
         """Send one claimed message; return the final status it reached (None if it stays queued) and the reply."""
-        # The claim counted the attempt and left the row in "sending", so every
-        # outcome below moves it from there, whether or not the message got
-        # as far as its handover.
         try:
             result = self.sender.send(
                 message, lambda: self._journal.handing_over(recipient.delivery_id), following
             )
         except PermanentFailure as e:
-            return self._fail(spec, recipient, e, handed_over=True), e.reply
+            return self._fail(spec, recipient, e), e.reply
         except (TemporaryFailure, ConnectionLost) as e:
-            return self._defer(spec.id, recipient, e, handed_over=True), e.reply
+            return self._defer(spec.id, recipient, e), e.reply
 
         if result.confirmed:
             self._journal.accepted(recipient.delivery_id)
@@ -476,7 +475,7 @@ class CampaignRunner:
             self.store.mark_sent(recipient.delivery_id, reply, outcome.provider_id)
             return "sent"
         if isinstance(outcome, PermanentFailure):
-            return self._fail(spec, recipient, outcome, handed_over=True)
+            return self._fail(spec, recipient, outcome)
         if isinstance(outcome, Throttled):
             self._throttled(spec.id, [recipient], outcome)
             return None
@@ -484,7 +483,7 @@ class CampaignRunner:
             # Refused with a request another recipient spoiled: due again at once.
             self.store.release(recipient.delivery_id, outcome.reply, self.now())
             return None
-        return self._defer(spec.id, recipient, outcome, handed_over=True)
+        return self._defer(spec.id, recipient, outcome)
 
     def _throttled(self, campaign_id: int, recipients: list[Recipient], error: Throttled) -> None:
         """Queue throttled recipients again, free of charge, and hold the whole account back."""
@@ -499,9 +498,9 @@ class CampaignRunner:
             campaign_id, len(recipients), wait, error.reply, extra={"campaign_id": campaign_id},
         )
 
-    def _fail(self, spec: CampaignSpec, recipient: Recipient, error: PermanentFailure, handed_over: bool) -> str:
-        """Commit a permanent failure, and remember an opt-out so no campaign sends there again."""
-        self.store.mark_failed(recipient.delivery_id, error.reply, handed_over)
+    def _fail(self, spec: CampaignSpec, recipient: Recipient, error: PermanentFailure) -> str:
+        """Commit a claimed message's permanent failure, and remember an opt-out so no campaign sends there again."""
+        self.store.mark_failed(recipient.delivery_id, error.reply, claimed=True)
         if getattr(error, "opted_out", False):
             self.store.record_opt_out(spec.channel, recipient.address, error.reply, spec.id)
         log.info(
@@ -544,12 +543,12 @@ class CampaignRunner:
         )
         return build_from_content(parts, message_id)
 
-    def _defer(self, campaign_id: int, recipient: Recipient, error: Exception, handed_over: bool) -> str | None:
-        """Queue a temporary failure again with backoff, or fail it after the last attempt."""
+    def _defer(self, campaign_id: int, recipient: Recipient, error: Exception) -> str | None:
+        """Queue a claimed message's temporary failure again with backoff, or fail it after the last attempt."""
         attempts = recipient.attempts + 1
         if attempts >= self.settings.max_attempts:
             self.store.mark_failed(
-                recipient.delivery_id, f"{error.reply} (gave up after {attempts} attempts)", handed_over
+                recipient.delivery_id, f"{error.reply} (gave up after {attempts} attempts)", claimed=True
             )
             return "failed"
 
@@ -558,7 +557,7 @@ class CampaignRunner:
             delay = 0.0
         else:
             delay = self._backoff(attempts, error.retry_after)
-        self.store.mark_deferred(recipient.delivery_id, error.reply, self.now() + timedelta(seconds=delay), handed_over)
+        self.store.mark_deferred(recipient.delivery_id, error.reply, self.now() + timedelta(seconds=delay))
         log.info(
             "deferred delivery %s of campaign %s for %.0f s (attempt %d): %s",
             recipient.delivery_id, campaign_id, delay, attempts, error.reply, extra={"campaign_id": campaign_id},

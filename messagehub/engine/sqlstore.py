@@ -286,16 +286,15 @@ class SqlCampaignStore:
         if len(self._pending) >= PENDING_LIMIT:
             self.flush()
 
-    def mark_failed(self, delivery_id: int, reply: str, handed_over: bool = False) -> None:
-        # mark_sending already counted the attempt of a handed-over message.
-        previous = SENDING if handed_over else QUEUED
-        self._move(delivery_id, previous, FAILED, reply=reply, bump=0 if handed_over else 1)
+    def mark_failed(self, delivery_id: int, reply: str, claimed: bool = False) -> None:
+        # The claim already counted the attempt of a claimed message.
+        previous = SENDING if claimed else QUEUED
+        self._move(delivery_id, previous, FAILED, reply=reply, bump=0 if claimed else 1)
 
-    def mark_deferred(self, delivery_id: int, reply: str, retry_at: datetime, handed_over: bool = False) -> None:
+    def mark_deferred(self, delivery_id: int, reply: str, retry_at: datetime) -> None:
         # A 4xx can come before handover (to RCPT) or after it (to the final
-        # dot). Either way the row goes back to queued for a later attempt.
-        previous = SENDING if handed_over else QUEUED
-        self._move(delivery_id, previous, QUEUED, reply=reply, retry_at=retry_at, bump=0 if handed_over else 1)
+        # dot). Either way the claimed row goes back to queued for a later attempt.
+        self._move(delivery_id, SENDING, QUEUED, reply=reply, retry_at=retry_at)
 
     def next_retry_at(self, campaign_id: int, partition: tuple[int, int] | None = None) -> datetime | None:
         self.flush()

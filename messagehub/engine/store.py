@@ -105,11 +105,11 @@ class CampaignStore(Protocol):
     def close(self) -> None:
         """Commit every outcome recorded but not yet written, before the run ends."""
 
-    def mark_deferred(self, delivery_id: int, reply: str, retry_at: datetime, handed_over: bool = False) -> None:
-        """Commit a temporary failure; the delivery is queued again for ``retry_at``."""
+    def mark_deferred(self, delivery_id: int, reply: str, retry_at: datetime) -> None:
+        """Commit a temporary failure of a claimed delivery; it is queued again for ``retry_at``."""
 
-    def mark_failed(self, delivery_id: int, reply: str, handed_over: bool = False) -> None:
-        """Commit a permanent failure with the provider's reply."""
+    def mark_failed(self, delivery_id: int, reply: str, claimed: bool = False) -> None:
+        """Commit a permanent failure with the provider's reply, of a claimed delivery or a queued one."""
 
     def next_retry_at(self, campaign_id: int, partition: tuple[int, int] | None = None) -> datetime | None:
         """Return when the earliest deferred delivery (of ``partition``) is due, or None if none is queued."""

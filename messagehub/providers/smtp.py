@@ -291,7 +291,7 @@ class SmtpSender:
         One write keeps the window between the handover record and the final
         dot as short as a single system call, and saves a write per message.
         The envelope of ``following`` rides in the same write: the server
-        answers the dot and the next envelope at once. The write counts the
+        replies to the dot and to the next envelope at once. The write counts the
         bytes that left, so a failure still tells whether the dot did.
         """
         content = encode_data(message.data) + b".\r\n"

@@ -26,7 +26,9 @@
 # campaign runs. Default: instance/handover.
 # HANDOVER_DIR = "/var/lib/messagehub/handover"
 
-# Recipients read from the database per batch by a campaign run. Default: 100.
+# Recipients read from the database per batch by a campaign run, at least.
+# An SMTP run that sends fast grows its batches toward a quarter of a second
+# of sending, up to 1,000 (or this value, if larger). Default: 100.
 # BATCH_SIZE = 100
 
 # Attempts per recipient before a temporary failure (SMTP 4xx, dropped

@@ -121,6 +121,7 @@ class SmtpTestServer:
         implicit_tls: Certificate | None = None,
         record_dir: Path | None = None,
         pipelining: bool = True,
+        reply_delay: float = 0.0,
     ):
         self.host = host
         self._requested_port = port
@@ -130,6 +131,8 @@ class SmtpTestServer:
         self._implicit_tls = implicit_tls
         self._handler = _FaultHandler(auth=auth, require_auth=require_auth, record_dir=record_dir)
         self._handler.pipelining = pipelining
+        # Seconds each message waits before its final reply, like a slower relay.
+        self._handler.reply_delay = reply_delay
         self._controller: _Controller | None = None
 
     def __enter__(self) -> SmtpTestServer:
@@ -342,6 +345,7 @@ class _FaultHandler:
         self._queued_replies: dict[str, collections.deque[str]] = collections.defaultdict(collections.deque)
         self._drops: collections.Counter[str] = collections.Counter()
         self._stalls: collections.deque[float] = collections.deque()
+        self.reply_delay = 0.0
         # Sessions with an open connection; only touched in the server thread.
         self.live: set[_TestSMTP] = set()
         # Advertise PIPELINING (RFC 2920), as Postfix and most relays do.
@@ -488,6 +492,8 @@ class _FaultHandler:
             # A client that gives up closes the connection, and aiosmtpd then
             # cancels this wait, so nothing is stored.
             await asyncio.sleep(stall)
+        if self.reply_delay:
+            await asyncio.sleep(self.reply_delay)
 
         reply = self._take_reply("DATA")
         if reply is not None and not reply.startswith("2"):
@@ -555,13 +561,22 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("--record-dir", type=Path, help="folder that receives each accepted message as .eml and .json")
     parser.add_argument("--no-smtputf8", action="store_true", help="do not offer the SMTPUTF8 extension")
+    parser.add_argument(
+        "--reply-delay", type=float, default=0.0, help="seconds each message waits for its final reply (default 0)"
+    )
     args = parser.parse_args(argv)
 
     stopping = threading.Event()
     for signal_number in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signal_number, lambda *_: stopping.set())
 
-    server = SmtpTestServer(host=args.host, port=args.port, smtputf8=not args.no_smtputf8, record_dir=args.record_dir)
+    server = SmtpTestServer(
+        host=args.host,
+        port=args.port,
+        smtputf8=not args.no_smtputf8,
+        record_dir=args.record_dir,
+        reply_delay=args.reply_delay,
+    )
     with server:
         print(f"SMTP test server listening on {args.host}:{server.port}", flush=True)
         while not stopping.wait(0.5):

@@ -9,6 +9,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, aliased
 
 from messagehub.engine import status as campaign_status
+from messagehub.engine.prepared import PreparedStatements
 from messagehub.engine.store import CampaignSpec, InDoubt, Progress, Recipient
 from messagehub.messages.templating import build_context
 from messagehub.models import Campaign, Channel, Contact, Delivery, DeliveryStatus, OptOut, UTCDateTime, utcnow
@@ -33,6 +34,20 @@ _CLAIM_MANY = (
         updated_at=bindparam("now", type_=UTCDateTime()),
     )
     .returning(_deliveries.c.id)
+)
+# The claim and its stamp in one statement, run as one executemany. Its row
+# count shows whether every row was still queued. RETURNING would name the
+# winners, but executemany returns no rows.
+_CLAIM_AND_STAMP = (
+    update(_deliveries)
+    .where(_deliveries.c.id == bindparam("d_id"), _deliveries.c.status == QUEUED)
+    .values(
+        status=SENDING,
+        attempts=_deliveries.c.attempts + 1,
+        updated_at=bindparam("now", type_=UTCDateTime()),
+        message_id=bindparam("m_id"),
+        context=bindparam("ctx", type_=JSON()),
+    )
 )
 # The Message-ID and template fields of each claimed delivery, run as one executemany.
 _STAMP = (
@@ -85,6 +100,10 @@ _CONTACT_COLUMNS = (
 PENDING_LIMIT = 100
 
 
+class _Contended(Exception):
+    """Some rows of a claim were no longer queued: another process claimed them first."""
+
+
 class SqlCampaignStore:
     """Reads and writes campaigns through one SQLAlchemy engine.
 
@@ -95,6 +114,7 @@ class SqlCampaignStore:
     def __init__(self, engine: Engine):
         self.engine = engine
         self._pending: list[dict] = []
+        self._prepared = PreparedStatements()
 
     def load_campaign(self, campaign_id: int) -> CampaignSpec:
         with Session(self.engine) as session:
@@ -234,25 +254,61 @@ class SqlCampaignStore:
 
     def mark_sending_many(self, claims: list[tuple[int, str, dict | None]]) -> set[int]:
         # Conditional on the rows still being queued: of two processes that
-        # claim one delivery, only one gets it back from RETURNING.
+        # claim one delivery, only one gets it.
+        pending = list(self._pending)
+        try:
+            with self.engine.begin() as connection:
+                self._write_pending(connection)
+                return self._claim_all(connection, claims)
+        except _Contended:
+            # Rolled back, the pending outcomes with it: the claim below writes them again.
+            self._pending = pending
+
         with self.engine.begin() as connection:
             self._write_pending(connection)
-            won = set(
-                connection.execute(
-                    _CLAIM_MANY, {"ids": [delivery_id for delivery_id, _, _ in claims], "now": utcnow()}
-                ).scalars()
-            )
-            stamps = [
-                {"d_id": delivery_id, "m_id": message_id, "ctx": context}
-                for delivery_id, message_id, context in claims
-                if delivery_id in won
-            ]
-            if stamps:
-                connection.execute(_STAMP, stamps)
+            return self._claim_each(connection, claims)
+
+    def _claim_all(self, connection, claims: list[tuple[int, str, dict | None]]) -> set[int]:
+        """Claim and stamp every row in one executemany, or raise ``_Contended`` if any was not queued."""
+        if not claims or not connection.dialect.supports_sane_multi_rowcount:
+            raise _Contended
+
+        stamps = [
+            {"d_id": delivery_id, "m_id": message_id, "ctx": context} for delivery_id, message_id, context in claims
+        ]
+        claim = self._prepared.get(_CLAIM_AND_STAMP, connection.dialect)
+        if claim.executemany(connection, stamps, {"now": utcnow()}) != len(claims):
+            raise _Contended
+        return {delivery_id for delivery_id, _, _ in claims}
+
+    def _claim_each(self, connection, claims: list[tuple[int, str, dict | None]]) -> set[int]:
+        """Claim the rows still queued, learning which with RETURNING, then stamp those."""
+        if not claims:
+            return set()
+
+        won = set(
+            connection.execute(
+                _CLAIM_MANY, {"ids": [delivery_id for delivery_id, _, _ in claims], "now": utcnow()}
+            ).scalars()
+        )
+        stamps = [
+            {"d_id": delivery_id, "m_id": message_id, "ctx": context}
+            for delivery_id, message_id, context in claims
+            if delivery_id in won
+        ]
+        if stamps:
+            connection.execute(_STAMP, stamps)
         return won
 
     def release(self, delivery_id: int, reply: str, retry_at: datetime) -> None:
         self._move(delivery_id, SENDING, QUEUED, reply=reply, retry_at=retry_at, bump=-1)
+
+    def release_many(self, delivery_ids: list[int], reply: str, retry_at: datetime) -> None:
+        for delivery_id in delivery_ids:
+            self._pending.append(
+                _move_parameters(delivery_id, SENDING, QUEUED, reply=reply, retry_at=retry_at, bump=-1)
+            )
+        self.flush()
 
     def mark_skipped(self, delivery_id: int, reason: str) -> None:
         self._move(delivery_id, QUEUED, SKIPPED, reply=reason)
@@ -394,7 +450,7 @@ class SqlCampaignStore:
             if campaign_id is None:
                 self._move_one_by_one(connection, moves)
                 continue
-            moved = connection.execute(_MOVE_MANY, moves).rowcount
+            moved = self._prepared.get(_MOVE_MANY, connection.dialect).executemany(connection, moves, {})
             if moved and target in _COUNT:
                 connection.execute(_COUNT[target], {"c_id": campaign_id, "n": moved})
 

@@ -87,6 +87,9 @@ class CampaignStore(Protocol):
     def release(self, delivery_id: int, reply: str, retry_at: datetime) -> None:
         """Queue a handed-over delivery again without counting the attempt: the provider took nothing."""
 
+    def release_many(self, delivery_ids: list[int], reply: str, retry_at: datetime) -> None:
+        """Queue claimed deliveries again, as ``release`` does, in one transaction."""
+
     def mark_skipped(self, delivery_id: int, reason: str) -> None:
         """Commit that a queued delivery will not be sent, and why."""
 

@@ -150,6 +150,7 @@ def make_message_id(campaign_id: int, delivery_id: int, domain: str, install_tok
     return f"<{ids}.{digest[:20]}@{ascii_domain}>"
 
 
+@lru_cache(maxsize=64)
 def _message_id_domain(domain: str) -> str:
     # email_validator checks the domain the same way it checks an address's.
     try:
@@ -203,9 +204,9 @@ def build_message(
         naive ``date``, an extra header, or both bodies empty.
     """
     # Check the addresses before building anything.
-    sender, sender_utf8 = _checked_address("from_email", from_email)
+    sender, sender_utf8 = _checked_campaign_address("from_email", from_email)
     recipient, recipient_utf8 = _checked_address("to_email", to_email)
-    reply_address, reply_utf8 = _checked_address("reply_to", reply_to) if reply_to else ("", False)
+    reply_address, reply_utf8 = _checked_campaign_address("reply_to", reply_to) if reply_to else ("", False)
     needs_smtputf8 = sender_utf8 or recipient_utf8 or reply_utf8
 
     if not _MESSAGE_ID.fullmatch(message_id):
@@ -227,6 +228,12 @@ def build_message(
     return OutgoingMessage(
         sender=sender, recipient=recipient, data=data, message_id=message_id, needs_smtputf8=needs_smtputf8
     )
+
+
+@lru_cache(maxsize=64)
+def _checked_campaign_address(field: str, address: str) -> tuple[str, bool]:
+    # A campaign's sender and reply-to address are the same for every message.
+    return _checked_address(field, address)
 
 
 def _checked_address(field: str, address: str) -> tuple[str, bool]:

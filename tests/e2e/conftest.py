@@ -38,6 +38,10 @@ WEB_UNIT = "messagehub-web.service"
 # messages a second to the local test server, measured on a 2-CPU VM), so
 # the tests can stop or kill a unit while it sends.
 LIST_SIZE = 2000
+# The engine sends the list in about a second. A delay before each final
+# reply stretches a run to several seconds, so that the tests can look at it,
+# stop it and kill it while it sends.
+SMTP_REPLY_DELAY = 0.005
 
 # Runs inside the container as the messagehub user with the installed app.
 # Commands: "smtp PORT", "import NAME CSV", "emails LIST_ID", "campaign ID".
@@ -254,6 +258,7 @@ def start_smtp_sink(deployment: Deployment) -> None:
         f"--setenv=PYTHONPATH={REPO}", "--setenv=PYTHONDONTWRITEBYTECODE=1",
         f"{sys.prefix}/bin/python", "-m", "tests.smtpserver",
         "--port", str(SMTP_PORT), "--record-dir", str(deployment.received_dir),
+        "--reply-delay", str(SMTP_REPLY_DELAY),
     )
     listening = wait_for(
         lambda: deployment.run("ss", "-Hltn", f"sport = :{SMTP_PORT}", check=False).stdout.strip(),

@@ -200,6 +200,18 @@ def test_render_all_three_templates():
     assert content.html == "<p>Dear Ann &lt;b&gt;</p>\n"
 
 
+def test_assignment_stays_in_its_template():
+    templates = CampaignTemplates.compile(
+        '{% set first_name = "Bob" %}{{ first_name }}', "{{ first_name }}", "{{ range(2) | list }}"
+    )
+    context = build_context("a@example.com", "Ann")
+
+    content = templates.render(context)
+
+    assert (content.subject, content.text, content.html) == ("Bob", "Ann", "[0, 1]")
+    assert context["first_name"] == "Ann"
+
+
 def test_html_safe_filter_still_allowed():
     templates = CampaignTemplates.compile("s", "", '{{ "<b>bold</b>" | safe }} {{ first_name }}')
 

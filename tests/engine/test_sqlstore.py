@@ -1,0 +1,97 @@
+"""Claims and outcomes of the SQL campaign store, on the app's SQLite database."""
+
+from __future__ import annotations
+
+from sqlalchemy import update
+from sqlalchemy.dialects import postgresql
+
+from messagehub.engine.prepared import PreparedStatement
+from messagehub.engine.process import create_db_engine
+from messagehub.engine.sqlstore import SqlCampaignStore
+from messagehub.models import Delivery, utcnow
+from tests import factories
+
+
+def _started_campaign(app, recipients: int) -> tuple[int, list[int]]:
+    contacts = [{"email": f"reader{i}@example.com", "first_name": f"R{i}"} for i in range(recipients)]
+    campaign_id = factories.make_campaign(app, factories.make_list(app, contacts))
+    SqlCampaignStore(create_db_engine(app.config["SQLALCHEMY_DATABASE_URI"])).start_run(campaign_id)
+    return campaign_id, sorted(row.id for row in factories.deliveries(app, campaign_id))
+
+
+def _store(app) -> SqlCampaignStore:
+    return SqlCampaignStore(create_db_engine(app.config["SQLALCHEMY_DATABASE_URI"]))
+
+
+def _claims(ids: list[int]) -> list[tuple[int, str, dict]]:
+    return [(d, f"<{d}.x@example.com>", {"first_name": f"F{d}"}) for d in ids]
+
+
+def test_claim_stamps_every_row(app):
+    campaign_id, ids = _started_campaign(app, 4)
+
+    won = _store(app).mark_sending_many(_claims(ids[:3]))
+
+    assert won == set(ids[:3])
+    rows = {row.id: row for row in factories.deliveries(app, campaign_id)}
+    assert [rows[d].status for d in ids] == ["sending", "sending", "sending", "queued"]
+    assert [rows[d].attempts for d in ids] == [1, 1, 1, 0]
+    assert rows[ids[1]].message_id == f"<{ids[1]}.x@example.com>"
+    assert rows[ids[1]].context == {"first_name": f"F{ids[1]}"}
+    assert rows[ids[3]].message_id is None
+
+
+def test_overlapping_claim_wins_only_queued_rows(app):
+    campaign_id, ids = _started_campaign(app, 5)
+    first, second = _store(app), _store(app)
+    first.mark_sending_many(_claims(ids[:3]))
+    # Outcomes the second store keeps in memory: the claim's rollback must not lose them.
+    second.mark_sent(ids[0], "250 ok", "A1")
+
+    won = second.mark_sending_many(_claims(ids[2:]))
+
+    assert won == {ids[3], ids[4]}
+    rows = {row.id: row for row in factories.deliveries(app, campaign_id)}
+    assert rows[ids[2]].attempts == 1
+    assert [rows[d].status for d in ids] == ["sent", "sending", "sending", "sending", "sending"]
+    assert rows[ids[0]].provider_id == "A1"
+    assert factories.campaign(app, campaign_id).sent == 1
+
+
+def test_sent_outcomes_counted_once(app):
+    campaign_id, ids = _started_campaign(app, 3)
+    store = _store(app)
+    store.mark_sending_many(_claims(ids))
+    for d in ids:
+        store.mark_sent(d, f"250 queued as Q{d}", f"Q{d}")
+    store.mark_sent(ids[0], "250 again", "again")
+
+    store.flush()
+
+    rows = {row.id: row for row in factories.deliveries(app, campaign_id)}
+    assert [rows[d].provider_id for d in ids] == [f"Q{d}" for d in ids]
+    assert all(rows[d].sent_at is not None for d in ids)
+    assert factories.campaign(app, campaign_id).sent == 3
+
+
+def test_prepared_statement_named_parameters():
+    statement = update(Delivery).where(Delivery.id == 7, Delivery.status == "queued").values(status="sending")
+
+    prepared = PreparedStatement(statement, postgresql.dialect())
+
+    assert "%(" in prepared.sql
+    [parameters] = prepared.parameters([{}], {})
+    assert sorted(parameters.values(), key=str) == [7, "queued", "sending"]
+
+
+def test_release_many_requeues_without_an_attempt(app):
+    campaign_id, ids = _started_campaign(app, 3)
+    store = _store(app)
+    store.mark_sending_many(_claims(ids))
+
+    store.release_many(ids[1:], "queued again: stopped", utcnow())
+
+    rows = {row.id: row for row in factories.deliveries(app, campaign_id)}
+    assert [rows[d].status for d in ids] == ["sending", "queued", "queued"]
+    assert [rows[d].attempts for d in ids] == [1, 0, 0]
+    assert rows[ids[2]].provider_reply == "queued again: stopped"

@@ -33,7 +33,6 @@ import hmac
 import re
 import time
 from collections.abc import Iterator, Mapping
-from dataclasses import replace
 from datetime import datetime, timezone
 from email.utils import format_datetime
 from functools import lru_cache
@@ -165,7 +164,7 @@ def build_from_content(content: EmailContent, message_id: str) -> OutgoingMessag
     """Build the message of ``content``, keeping the parts on it for APIs that take fields."""
     # Fields passed by name: dataclasses.asdict copies every value deeply,
     # which cost more than building the headers.
-    message = build_message(
+    return build_message(
         subject=content.subject,
         text=content.text,
         html=content.html,
@@ -175,8 +174,8 @@ def build_from_content(content: EmailContent, message_id: str) -> OutgoingMessag
         to_name=content.to_name,
         to_email=content.to_email,
         message_id=message_id,
+        content=content,
     )
-    return replace(message, content=content)
 
 
 def build_message(
@@ -192,6 +191,7 @@ def build_message(
     message_id: str,
     date: datetime | None = None,
     extra_headers: Mapping[str, str] | None = None,
+    content: EmailContent | None = None,
 ) -> OutgoingMessage:
     """Build one recipient's message: multipart/alternative with text and HTML, or a single part when one body is empty.
 
@@ -199,6 +199,7 @@ def build_message(
     value can start a new header. ``reply_to`` may be empty or None, and
     ``date`` defaults to now. ``extra_headers`` values are written as
     unstructured text, so a non-ASCII value becomes encoded words.
+    ``content`` is kept on the result for APIs that take the fields.
 
     :raises ValueError: names what is invalid: an address, ``message_id``, a
         naive ``date``, an extra header, or both bodies empty.
@@ -226,7 +227,12 @@ def build_message(
     message = "".join(headers) + _content(text, html)
     data = message.encode("utf-8" if needs_smtputf8 else "ascii")
     return OutgoingMessage(
-        sender=sender, recipient=recipient, data=data, message_id=message_id, needs_smtputf8=needs_smtputf8
+        sender=sender,
+        recipient=recipient,
+        data=data,
+        message_id=message_id,
+        needs_smtputf8=needs_smtputf8,
+        content=content,
     )
 
 

@@ -366,9 +366,8 @@ class CampaignRunner:
 
     def _release_unsent(self, unsent: list[tuple[Recipient, Outgoing]]) -> None:
         """Queue claimed messages that this run will not send again, without counting an attempt."""
-        self.store.release_many(
-            [recipient.delivery_id for recipient, _ in unsent], "queued again: the run stopped before sending it", self.now()
-        )
+        unsent_ids = [recipient.delivery_id for recipient, _ in unsent]
+        self.store.release_many(unsent_ids, "queued again: the run stopped before sending it", self.now())
 
     def _claim(self, campaign_id: int, composed: list[tuple[Recipient, Outgoing]]) -> list[tuple[Recipient, Outgoing]]:
         """Claim the composed messages in one transaction, journalled first; return those this run won."""

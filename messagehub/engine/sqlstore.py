@@ -255,6 +255,9 @@ class SqlCampaignStore:
     def mark_sending_many(self, claims: list[tuple[int, str, dict | None]]) -> set[int]:
         # Conditional on the rows still being queued: of two processes that
         # claim one delivery, only one gets it.
+        if not claims:
+            return set()
+
         pending = list(self._pending)
         try:
             with self.engine.begin() as connection:
@@ -270,7 +273,8 @@ class SqlCampaignStore:
 
     def _claim_all(self, connection, claims: list[tuple[int, str, dict | None]]) -> set[int]:
         """Claim and stamp every row in one executemany, or raise ``_Contended`` if any was not queued."""
-        if not claims or not connection.dialect.supports_sane_multi_rowcount:
+        if not connection.dialect.supports_sane_multi_rowcount:
+            # The row count cannot show whether every row was claimed.
             raise _Contended
 
         stamps = [
@@ -283,9 +287,6 @@ class SqlCampaignStore:
 
     def _claim_each(self, connection, claims: list[tuple[int, str, dict | None]]) -> set[int]:
         """Claim the rows still queued, learning which with RETURNING, then stamp those."""
-        if not claims:
-            return set()
-
         won = set(
             connection.execute(
                 _CLAIM_MANY, {"ids": [delivery_id for delivery_id, _, _ in claims], "now": utcnow()}

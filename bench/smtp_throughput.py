@@ -44,6 +44,11 @@ POSTFIX_TOOL_DIRS = ("/usr/sbin", "/usr/lib/postfix/sbin")
 SINK_COUNTER = re.compile(rb"mesg=(\d+)")
 
 VMHWM_LINE = re.compile(r"^VmHWM:\s+(\d+) kB$", re.MULTILINE)
+VMRSS_LINE = re.compile(r"^VmRSS:\s+(\d+) kB$", re.MULTILINE)
+PSS_LINE = re.compile(r"^Pss:\s+(\d+) kB$", re.MULTILINE)
+
+# Reading smaps_rollup walks the page tables, so PSS is sampled every tenth poll.
+PSS_EVERY = 10
 
 # Payload of smtp-source and of the naive sender, in bytes, headers not included.
 MESSAGE_BYTES = 2048
@@ -92,6 +97,7 @@ class Measurement:
     peak_rss_kib: int | None = None
     cpu_seconds: float | None = None
     complete: bool = True
+    tree: TreeMemory | None = None
 
     @property
     def rate(self) -> float:
@@ -411,7 +417,7 @@ def run_engine(instance: CampaignInstance, sink: SmtpSink, stop_after: float | N
     if not complete and stop_after is None:
         raise RuntimeError(f"messagehub engine: smtp-sink accepted {accepted} messages, expected {instance.recipients}")
 
-    return Measurement(accepted, seconds, usage.peak_rss_kib, usage.cpu_seconds, complete)
+    return Measurement(accepted, seconds, usage.tree.largest_kib, usage.cpu_seconds, complete, usage.tree)
 
 
 @dataclass(frozen=True)
@@ -421,6 +427,54 @@ class ProcessUsage:
     status: int
     cpu_seconds: float
     peak_rss_kib: int
+    tree: TreeMemory
+
+
+@dataclass
+class TreeMemory:
+    """Peak memory of a process and its descendants (a campaign's workers), sampled while they run."""
+
+    # The highest VmHWM of any one process of the tree.
+    largest_kib: int = 0
+    # The highest sum of VmRSS over the tree at one sample. Pages shared
+    # after fork count once per process here.
+    summed_rss_kib: int = 0
+    # The same for PSS, which splits each shared page between its processes.
+    summed_pss_kib: int = 0
+    samples: int = 0
+
+    def sample(self, pid: int) -> None:
+        """Read the memory of ``pid`` and of every process below it."""
+        pids = process_tree(pid)
+        self.largest_kib = max([self.largest_kib, *(read_vmhwm(member) for member in pids)])
+        self.summed_rss_kib = max(self.summed_rss_kib, sum(read_kib(member, "status", VMRSS_LINE) for member in pids))
+        if self.samples % PSS_EVERY == 0:
+            pss = sum(read_kib(member, "smaps_rollup", PSS_LINE) for member in pids)
+            self.summed_pss_kib = max(self.summed_pss_kib, pss)
+        self.samples += 1
+
+
+def process_tree(pid: int) -> list[int]:
+    """Return ``pid`` and its living descendants, from /proc's lists of children."""
+    tree = [pid]
+    for member in tree:
+        try:
+            children = Path(f"/proc/{member}/task/{member}/children").read_text().split()
+        except OSError:
+            continue
+        tree.extend(int(child) for child in children)
+    return tree
+
+
+def read_kib(pid: int, name: str, pattern: re.Pattern) -> int:
+    """Return the KiB figure that ``pattern`` finds in /proc/PID/NAME, or 0 once the process has exited."""
+    try:
+        text = Path(f"/proc/{pid}/{name}").read_text()
+    except OSError:
+        return 0
+
+    match = pattern.search(text)
+    return int(match.group(1)) if match else 0
 
 
 def wait_with_usage(process: subprocess.Popen, stop_after: float | None = None) -> ProcessUsage:
@@ -430,18 +484,21 @@ def wait_with_usage(process: subprocess.Popen, stop_after: float | None = None) 
     parent's high-water mark over into a child across fork and exec, so
     ``ru_maxrss`` of a child of this big driver would report the driver's
     memory. VmHWM is read every 10 ms, so a peak in the last 10 ms of the
-    process's life can be missed.
+    process's life can be missed. The processes it forks are sampled as well
+    (``TreeMemory``), and its CPU time includes theirs once it has reaped them.
     """
     started = time.monotonic()
     stop_sent = False
     peak_kib = 0
+    tree = TreeMemory()
     while time.monotonic() - started < RUN_TIMEOUT_SECONDS:
         peak_kib = max(peak_kib, read_vmhwm(process.pid))
+        tree.sample(process.pid)
         pid, wait_status, usage = os.wait4(process.pid, os.WNOHANG)
         if pid == process.pid:
             # Popen never saw this wait, so tell it the process is gone.
             process.returncode = os.waitstatus_to_exitcode(wait_status)
-            return ProcessUsage(process.returncode, usage.ru_utime + usage.ru_stime, peak_kib)
+            return ProcessUsage(process.returncode, usage.ru_utime + usage.ru_stime, peak_kib, tree)
 
         if stop_after is not None and not stop_sent and time.monotonic() - started >= stop_after:
             process.send_signal(signal.SIGTERM)
@@ -453,13 +510,7 @@ def wait_with_usage(process: subprocess.Popen, stop_after: float | None = None) 
 
 def read_vmhwm(pid: int) -> int:
     """Return the process's peak resident set size in KiB, or 0 once it has exited."""
-    try:
-        status = Path(f"/proc/{pid}/status").read_text()
-    except OSError:
-        return 0
-
-    match = VMHWM_LINE.search(status)
-    return int(match.group(1)) if match else 0
+    return read_kib(pid, "status", VMHWM_LINE)
 
 
 def measure_engine(directory: Path, sink: SmtpSink, recipients: int, stop_after: float | None = None) -> Measurement:

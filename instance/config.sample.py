@@ -51,7 +51,8 @@
 # 50,000-recipient campaign sent about 8,400 messages/s over two, 9,500 over
 # three and 9,800 over four (medians of three runs). A relay may limit
 # connections per client.
-# Foreground campaigns, in the web app, always use one. Default: 3.
+# Foreground campaigns, in the web app, always use one. From 1 to 16 (other
+# values are moved into that range, with a warning in the log). Default: 3.
 # SMTP_CONNECTIONS = 3
 
 # Timeout of each request to an API provider (SendGrid, SES, Twilio, SNS), in

@@ -84,6 +84,10 @@ def build_runner(
 # running campaign whose mark is six times older as interrupted.
 LIVENESS_INTERVAL = 5.0
 
+# Each SMTP connection is a worker process of about 55 MB. Beyond a few per
+# core they only wait on one another, and relays limit connections per client.
+MAX_SMTP_CONNECTIONS = 16
+
 
 def _with_liveness(
     store: SqlCampaignStore, campaign_id: int, heartbeat: Callable[[], None] | None
@@ -157,13 +161,13 @@ def run_campaign(
         heartbeat = notifier.heartbeat
 
     runner = build_runner(campaign_id, config, stop, on_progress, heartbeat)
-    connections = connection_count(runner, config)
+    connections = connection_count(runner, config, campaign_id)
     if connections > 1:
         return run_with_workers(runner, campaign_id, config, connections, stop, build_runner, on_progress, heartbeat)
     return runner.run(campaign_id)
 
 
-def connection_count(runner: CampaignRunner, config: dict) -> int:
+def connection_count(runner: CampaignRunner, config: dict, campaign_id: int) -> int:
     """Return how many SMTP connections, each in a process of its own, the campaign's run uses.
 
     Only SMTP campaigns use several: API providers are held to their
@@ -171,7 +175,15 @@ def connection_count(runner: CampaignRunner, config: dict) -> int:
     """
     if not isinstance(runner.sender, SmtpSender):
         return 1
-    return max(int(config.get("SMTP_CONNECTIONS", 1)), 1)
+
+    configured = int(config.get("SMTP_CONNECTIONS", 1))
+    count = min(max(configured, 1), MAX_SMTP_CONNECTIONS)
+    if count != configured:
+        log.warning(
+            "SMTP_CONNECTIONS is %s, outside 1 to %s: campaign %s uses %s connections",
+            configured, MAX_SMTP_CONNECTIONS, campaign_id, count, extra={"campaign_id": campaign_id},
+        )
+    return count
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -106,6 +106,21 @@ def restart(session: Session, supervisor: Supervisor, campaign: Campaign, actor:
     audit.info("user %s restarted campaign %s", actor, campaign.id, extra={"campaign_id": campaign.id})
 
 
+def send_rate(campaign: Campaign) -> float | None:
+    """Return a running campaign's messages per second since it first started, or None when it is not running.
+
+    The clock is now, not the last heartbeat: heartbeats come every few
+    seconds while the counters move with every commit, so dividing by the
+    heartbeat overstated the rate early in a run many times over. Time the
+    campaign spent paused counts too, so after a resume the rate reads low.
+    """
+    if campaign.status != campaign_status.RUNNING or campaign.started_at is None:
+        return None
+
+    seconds = (utcnow() - campaign.started_at).total_seconds()
+    return campaign.sent / seconds if seconds > 0 else None
+
+
 def job_rows(session: Session, supervisor: Supervisor) -> list[JobRow]:
     """Reconcile, then return every campaign that has a unit or ran in the background."""
     states = {state.campaign_id: state for state in _states(supervisor)}

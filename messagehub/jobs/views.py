@@ -66,7 +66,14 @@ def monitor(campaign_id: int):
     ).scalars().all()
     template = "jobs/_panel.html" if wants_panel() else "jobs/monitor.html"
     return render_template(
-        template, campaign=campaign, state=state, journal=journal, error=error, events=events, supervisor=current
+        template,
+        campaign=campaign,
+        state=state,
+        journal=journal,
+        error=error,
+        events=events,
+        supervisor=current,
+        rate=service.send_rate(campaign),
     )
 
 

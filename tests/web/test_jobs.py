@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import re
 import time
+from datetime import timedelta
 
 import pytest
 
 from messagehub.extensions import db
-from messagehub.models import Campaign, JobEvent
+from messagehub.models import Campaign, JobEvent, utcnow
 from tests import factories
 from tests.conftest import make_app
 
@@ -131,3 +133,28 @@ def test_gone_process_shows_interrupted(process_app, logged_in):
     assert "interrupted" in rows
     assert "Resume" in rows
     assert factories.campaign(process_app, campaign_id).status == "paused"
+
+
+def test_monitor_rate_uses_the_clock(process_app, logged_in):
+    list_id = factories.make_list(process_app, [{"email": "a@example.com"}])
+    campaign_id = factories.make_campaign(process_app, list_id)
+    with process_app.app_context():
+        campaign = db.session.get(Campaign, campaign_id)
+        campaign.status = "running"
+        campaign.total, campaign.sent = 1_000, 100
+        campaign.started_at = utcnow() - timedelta(seconds=20)
+        # A heartbeat from 1 s after the start, as a lagging one would be.
+        campaign.heartbeat_at = campaign.started_at + timedelta(seconds=1)
+        db.session.commit()
+
+    page = logged_in.get(f"/jobs/{campaign_id}", headers={"HX-Request": "true"}).get_data(as_text=True)
+
+    assert re.search(r"<strong>(4\.\d|5\.0)</strong>messages/s", page), page
+    assert re.search(r"<strong>1(7\d|8\d|9\d) s</strong>time left", page), page
+
+    with process_app.app_context():
+        db.session.get(Campaign, campaign_id).status = "paused"
+        db.session.commit()
+    page = logged_in.get(f"/jobs/{campaign_id}", headers={"HX-Request": "true"}).get_data(as_text=True)
+
+    assert "<strong>—</strong>messages/s" in page

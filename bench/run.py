@@ -211,7 +211,7 @@ def measure_senders(options: argparse.Namespace, report: Report) -> None:
         rss_runs = {}
         for recipients in options.rss_recipients:
             progress(f"peak RSS: one campaign of {recipients} recipients")
-            rss_runs[recipients] = measure_engine(work / f"rss-{recipients}", sink, recipients, stop_after)
+            rss_runs[recipients] = measure_engine(work / f"rss-{recipients}", sink, recipients, stop_after, tree=True)
         report.figures += rss_figures(rss_runs, stop_after)
 
 

@@ -103,7 +103,9 @@ def _watch(workers, beats, stop, store, campaign_id, on_progress, heartbeat) -> 
     """
     forwarded = False
     reported = float("-inf")
+    lost: set[str] = set()
     while any(worker.is_alive() for worker in workers):
+        _report_lost_workers(workers, campaign_id, lost)
         if stop.is_set() and not forwarded:
             for worker in workers:
                 if worker.is_alive():
@@ -122,6 +124,30 @@ def _watch(workers, beats, stop, store, campaign_id, on_progress, heartbeat) -> 
             workers[alive[0]].join(WATCH_INTERVAL)
 
 
+def _report_lost_workers(workers, campaign_id: int, reported: set[str]) -> None:
+    """Log each worker that ended with an error or a signal, once, as soon as it is seen."""
+    for worker in workers:
+        if worker.exitcode not in (None, 0) and worker.name not in reported:
+            reported.add(worker.name)
+            # The others finish their shares first. The campaign then fails,
+            # so that a restart sends this worker's share.
+            log.warning(
+                "worker %s (pid %s) of campaign %s ended with %s; its share is sent when the campaign restarts",
+                worker.name, worker.pid, campaign_id, _describe_exit(worker.exitcode),
+                extra={"campaign_id": campaign_id},
+            )
+
+
+def _describe_exit(exitcode: int) -> str:
+    """Return "signal SIGKILL" for a negative multiprocessing exit code, else "exit status N"."""
+    if exitcode < 0:
+        try:
+            return f"signal {signal.Signals(-exitcode).name}"
+        except ValueError:
+            return f"signal {-exitcode}"
+    return f"exit status {exitcode}"
+
+
 def _final_outcome(store, campaign_id: int, workers, stop: threading.Event) -> RunOutcome:
     """Set and return the campaign's status once all workers ended."""
     progress = store.progress(campaign_id)
@@ -134,9 +160,13 @@ def _final_outcome(store, campaign_id: int, workers, stop: threading.Event) -> R
         return RunOutcome(status, progress)
 
     if failed_workers:
-        error = f"worker {', '.join(failed_workers)} ended unexpectedly; a restart resumes the campaign"
+        error = (
+            f"worker {', '.join(failed_workers)} ended unexpectedly; the campaign stopped, and a restart "
+            "(automatic under systemd) or Resume continues it"
+        )
         store.finish_run(campaign_id, campaign_status.FAILED, error)
-        raise RuntimeError(error)
+        log.error("failed campaign %s: %s", campaign_id, error, extra={"campaign_id": campaign_id})
+        return RunOutcome(campaign_status.FAILED, store.progress(campaign_id))
 
     if stop.is_set() and progress.queued:
         store.finish_run(campaign_id, campaign_status.PAUSED)

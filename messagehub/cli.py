@@ -162,6 +162,7 @@ def campaign_send(campaign_id: int) -> None:
     from messagehub.delivery_settings import SenderNotConfigured
     from messagehub.engine import status as campaign_status
     from messagehub.engine.process import EXIT_CAMPAIGN_FAILED, run_campaign
+    from messagehub.engine.workers import WorkerLost
 
     campaign = db.session.get(Campaign, campaign_id)
     if campaign is None:
@@ -179,7 +180,7 @@ def campaign_send(campaign_id: int) -> None:
 
         try:
             outcome = run_campaign(campaign_id, dict(current_app.config), advance)
-        except (campaign_status.StatusError, SenderNotConfigured) as e:
+        except (campaign_status.StatusError, SenderNotConfigured, WorkerLost) as e:
             raise click.ClickException(str(e)) from e
 
     p = outcome.progress

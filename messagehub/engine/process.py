@@ -20,7 +20,7 @@ from messagehub.engine.runner import CampaignRunner, EngineSettings, RunOutcome
 from messagehub.engine.sqlstore import SqlCampaignStore
 from messagehub.engine.store import Progress
 from messagehub.engine.systemd_notify import Notifier, status_text
-from messagehub.engine.workers import run_with_workers
+from messagehub.engine.workers import WorkerLost, run_with_workers
 from messagehub.providers.smtp import SmtpSender
 from messagehub.providers import quiet_sdk_loggers
 
@@ -33,6 +33,8 @@ SYSLOG_IDENTIFIER = "messagehub-campaign"
 # run. A campaign that failed for good (a template error, say) exits 3, which
 # a supervisor must not restart: the same run would fail the same way.
 EXIT_OK = 0
+# The status of an unexpected error, which systemd restarts.
+EXIT_RESTART = 1
 EXIT_USAGE = 2
 EXIT_CAMPAIGN_FAILED = 3
 
@@ -84,8 +86,9 @@ def build_runner(
 # running campaign whose mark is six times older as interrupted.
 LIVENESS_INTERVAL = 5.0
 
-# Each SMTP connection is a worker process of about 55 MB. Beyond a few per
-# core they only wait on one another, and relays limit connections per client.
+# Each SMTP connection is a worker process of about 55 MB resident. Beyond a
+# few per core they only wait on one another, and relays limit connections
+# per client.
 MAX_SMTP_CONNECTIONS = 16
 
 
@@ -204,6 +207,11 @@ def main(argv: list[str] | None = None) -> int:
         pause_unsendable(config, campaign_id, str(e))
         report_end(notifier, f"cannot run: {e}")
         return EXIT_USAGE
+    except WorkerLost as e:
+        # Not a bug of this process, so no traceback: the restart sends the lost share.
+        log.error("failed campaign %s: %s", campaign_id, e, extra={"campaign_id": campaign_id})
+        report_end(notifier, f"failed: {e}")
+        return EXIT_RESTART
     except (LookupError, campaign_status.StatusError) as e:
         log.error("cannot run campaign %s: %s", campaign_id, e, extra={"campaign_id": campaign_id})
         report_end(notifier, f"cannot run: {e}")

@@ -44,6 +44,10 @@ WORKER_SILENCE = 1.5
 _PR_SET_PDEATHSIG = 1
 
 
+class WorkerLost(Exception):
+    """A worker process ended with an error or a signal; its share of the campaign is unsent."""
+
+
 def run_with_workers(
     runner: CampaignRunner,
     campaign_id: int,
@@ -165,8 +169,7 @@ def _final_outcome(store, campaign_id: int, workers, stop: threading.Event) -> R
             "(automatic under systemd) or Resume continues it"
         )
         store.finish_run(campaign_id, campaign_status.FAILED, error)
-        log.error("failed campaign %s: %s", campaign_id, error, extra={"campaign_id": campaign_id})
-        return RunOutcome(campaign_status.FAILED, store.progress(campaign_id))
+        raise WorkerLost(error)
 
     if stop.is_set() and progress.queued:
         store.finish_run(campaign_id, campaign_status.PAUSED)

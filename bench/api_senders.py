@@ -31,6 +31,7 @@ import sys
 import tempfile
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -255,12 +256,11 @@ def measure_twilio(
 ) -> list[ApiRun]:
     """Send ``runs`` SMS campaigns of ``recipients`` through TwilioSender to the Twilio stand-in."""
     stand_in = BenchTwilio(load_description(TWILIO_SPEC))
-    stand_in.check_requests = check_requests
-    stand_in.keep_alive = keep_alive
-    with stand_in:
-        account = {"account_sid": stand_in.account_sid, "auth_token": stand_in.auth_token, "base_url": stand_in.url}
-        instance_path, campaign_ids = prepare_instance(directory, "twilio", recipients, runs, rate, account)
-        return [run_campaign(instance_path, campaign_id, stand_in, recipients) for campaign_id in campaign_ids]
+
+    def account() -> dict:
+        return {"account_sid": stand_in.account_sid, "auth_token": stand_in.auth_token, "base_url": stand_in.url}
+
+    return measure_stand_in(stand_in, "twilio", account, directory, recipients, runs, rate, check_requests, keep_alive)
 
 
 def measure_sendgrid(
@@ -268,11 +268,33 @@ def measure_sendgrid(
 ) -> list[ApiRun]:
     """Send ``runs`` email campaigns of ``recipients`` through SendGridSender to the SendGrid stand-in."""
     stand_in = BenchSendGrid(load_description(SENDGRID_SPEC))
+
+    def account() -> dict:
+        return {"api_key": stand_in.api_key, "base_url": stand_in.url}
+
+    return measure_stand_in(stand_in, "sendgrid", account, directory, recipients, runs, rate, check_requests, keep_alive)
+
+
+def measure_stand_in(
+    stand_in: StandInServer,
+    kind: str,
+    account: Callable[[], dict],
+    directory: Path,
+    recipients: int,
+    runs: int,
+    rate: float,
+    check_requests: bool,
+    keep_alive: bool,
+) -> list[ApiRun]:
+    """Start ``stand_in``, create ``runs`` campaigns of a ``kind`` account on it, and send each once.
+
+    ``account`` returns the account's fields, which name the stand-in's port
+    and so are known only once it runs.
+    """
     stand_in.check_requests = check_requests
     stand_in.keep_alive = keep_alive
     with stand_in:
-        account = {"api_key": stand_in.api_key, "base_url": stand_in.url}
-        instance_path, campaign_ids = prepare_instance(directory, "sendgrid", recipients, runs, rate, account)
+        instance_path, campaign_ids = prepare_instance(directory, kind, recipients, runs, rate, account())
         return [run_campaign(instance_path, campaign_id, stand_in, recipients) for campaign_id in campaign_ids]
 
 

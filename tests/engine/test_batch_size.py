@@ -17,5 +17,5 @@ from messagehub.engine.runner import BATCH_SECONDS, MAX_BATCH_SIZE, grown_batch_
         (5_000, 100, 0.01, 5_000),  # a configured size above the largest stays
     ],
 )
-def test_batch_grows_toward_a_quarter_second(smallest, sent, seconds, expected):
+def test_batch_grows_toward_quarter_second(smallest, sent, seconds, expected):
     assert grown_batch_size(smallest, sent, seconds) == expected

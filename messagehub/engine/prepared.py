@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from operator import itemgetter
 from typing import Any, Callable
 
 from sqlalchemy import Connection
@@ -29,9 +30,14 @@ class PreparedStatement:
         self._defaults = {name: bind.effective_value for name, bind in binds.items() if not bind.required}
         self._processors: dict[str, Callable[[Any], Any]] = {}
         for name in self._names:
-            processor = binds[name].type.bind_processor(dialect)
+            # The type as the dialect stores it. A TypeDecorator's own processor
+            # leaves SQLite a datetime for the driver's default adapter, which
+            # Python 3.12 deprecates and which writes another format than the ORM.
+            processor = binds[name].type.dialect_impl(dialect).bind_processor(dialect)
             if processor is not None:
                 self._processors[name] = processor
+        # Picks one row's values in the driver's order, in C rather than a loop per value.
+        self._pick = itemgetter(*self._names) if len(self._names) > 1 else lambda values: (values[self._names[0]],)
 
     def parameters(self, rows: list[dict[str, Any]], shared: dict[str, Any]) -> list:
         """Return the driver's parameters for ``rows``, each completed with ``shared`` and the statement's constants."""
@@ -39,7 +45,8 @@ class PreparedStatement:
         for name, value in constants.items():
             if name in self._processors:
                 constants[name] = self._processors[name](value)
-        converted = [(name, self._processors[name]) for name in self._names if name in self._processors]
+        # A name may appear twice in the statement; its value is converted once.
+        converted = list(self._processors.items())
 
         parameters = []
         for row in rows:
@@ -48,9 +55,9 @@ class PreparedStatement:
                 if name in row:
                     values[name] = processor(row[name])
             if self._positional:
-                parameters.append(tuple(values[name] for name in self._names))
+                parameters.append(self._pick(values))
             else:
-                parameters.append({name: values[name] for name in self._names})
+                parameters.append(dict(zip(self._names, self._pick(values))))
         return parameters
 
     def executemany(self, connection: Connection, rows: list[dict[str, Any]], shared: dict[str, Any]) -> int:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from datetime import datetime, timezone
+
 from sqlalchemy import update
 from sqlalchemy.dialects import postgresql
 
@@ -12,9 +14,9 @@ from messagehub.models import Delivery, utcnow
 from tests import factories
 
 
-def _started_campaign(app, recipients: int) -> tuple[int, list[int]]:
+def _started_campaign(app, recipients: int, list_name: str = "Hand made") -> tuple[int, list[int]]:
     contacts = [{"email": f"reader{i}@example.com", "first_name": f"R{i}"} for i in range(recipients)]
-    campaign_id = factories.make_campaign(app, factories.make_list(app, contacts))
+    campaign_id = factories.make_campaign(app, factories.make_list(app, contacts, list_name))
     SqlCampaignStore(create_db_engine(app.config["SQLALCHEMY_DATABASE_URI"])).start_run(campaign_id)
     return campaign_id, sorted(row.id for row in factories.deliveries(app, campaign_id))
 
@@ -95,3 +97,40 @@ def test_release_many_requeues_without_an_attempt(app):
     assert [rows[d].status for d in ids] == ["sending", "queued", "queued"]
     assert [rows[d].attempts for d in ids] == [1, 0, 0]
     assert rows[ids[2]].provider_reply == "queued again: stopped"
+
+
+def test_outcome_times_written_as_the_orm_writes_them(app):
+    campaign_id, ids = _started_campaign(app, 4)
+    store = _store(app)
+    store.mark_sending_many(_claims(ids))
+    # Two of each, so that each group of outcomes is written in one executemany.
+    for delivery_id in ids[:2]:
+        store.mark_sent(delivery_id, "250 ok", "A1")
+    store.release_many(ids[2:], "queued again: stopped", datetime(2027, 1, 1, tzinfo=timezone.utc))
+
+    with store.engine.connect() as connection:
+        rows = {
+            row[0]: row[1:]
+            for row in connection.exec_driver_sql("SELECT id, updated_at, sent_at, next_attempt_at FROM deliveries")
+        }
+    updated_at, sent_at, _ = rows[ids[0]]
+    assert sent_at == updated_at
+    # Whole seconds keep their microseconds, as the ORM writes them, so
+    # the text sorts and compares as the time does.
+    assert rows[ids[2]][1:] == (None, "2027-01-01 00:00:00.000000")
+
+
+def test_outcomes_of_two_campaigns_in_one_write(app):
+    first, first_ids = _started_campaign(app, 2)
+    second, second_ids = _started_campaign(app, 1, "Second list")
+    store = _store(app)
+    batch = store.next_batch(first, 10, utcnow())
+    store.mark_sending_many(_claims([recipient.delivery_id for recipient in batch] + second_ids))
+
+    for delivery_id in first_ids + second_ids:
+        store.mark_sent(delivery_id, "250 ok", "A1")
+    store.flush()
+
+    assert [recipient.delivery_id for recipient in batch] == first_ids
+    assert factories.campaign(app, first).sent == 2
+    assert factories.campaign(app, second).sent == 1

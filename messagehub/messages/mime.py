@@ -233,6 +233,7 @@ def build_message(
         message_id=message_id,
         needs_smtputf8=needs_smtputf8,
         content=content,
+        crlf_only=True,
     )
 
 
@@ -332,6 +333,11 @@ def _header(name: str, tokens: list[str]) -> str:
     contains only whitespace, because an empty token (from two spaces in a
     row) never starts a line.
     """
+    # One that fits a line needs no folding, which is most headers of a campaign.
+    unfolded = f"{name}: {' '.join(tokens)}"
+    if len(unfolded) <= _FOLD_AT:
+        return unfolded + "\r\n"
+
     lines = []
     line = f"{name}:"
     line_has_word = False
@@ -348,6 +354,8 @@ def _header(name: str, tokens: list[str]) -> str:
 
 
 def _fits(header: str) -> bool:
+    if len(header) <= _MAX_LINE:
+        return True
     return all(len(line) <= _MAX_LINE for line in header.split("\r\n"))
 
 
@@ -399,13 +407,15 @@ def _encode_body(body: str) -> tuple[str, str]:
     The result has CRLF line breaks. Base64 output has no final line break,
     and quoted-printable output ends with one only when the body does.
     """
-    data = body.replace("\r\n", "\n").replace("\r", "\n").encode("utf-8")
+    if "\r" in body:
+        body = body.replace("\r\n", "\n").replace("\r", "\n")
+    data = body.encode("utf-8")
 
     # b2a_qp keeps "\n" line breaks as they are in text mode, and writes "=\n" for soft breaks.
     quoted = binascii.b2a_qp(data, istext=True)
-    line_breaks = data.count(b"\n")
-    base64_size = (len(data) + line_breaks + 2) // 3 * 4
-    if len(quoted) <= base64_size:
+    # Base64 takes at least 4 characters per 3 bytes, so quoted-printable
+    # no longer than that wins without counting the line breaks.
+    if len(quoted) * 3 <= len(data) * 4 or len(quoted) <= (len(data) + data.count(b"\n") + 2) // 3 * 4:
         return "quoted-printable", quoted.replace(b"\n", b"\r\n").decode("ascii")
 
     lines = base64.encodebytes(data.replace(b"\n", b"\r\n")).rstrip(b"\n")

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from jinja2 import Template, TemplateSyntaxError, nodes
+from jinja2.filters import do_urlencode
 from jinja2.exceptions import SecurityError, TemplateRuntimeError, UndefinedError
 from jinja2.runtime import Undefined
 from jinja2.sandbox import MAX_RANGE, SandboxedEnvironment
@@ -224,9 +225,29 @@ def _check_power(base: Any, exponent: Any) -> None:
         raise SecurityError(f"'**' exponent {exponent} exceeds the limit of {_MAX_EXPONENT}.")
 
 
+# The text Jinja's urlencode filter writes for each byte of a string's UTF-8
+# form: letters, digits, "_.-~" and "/" as they are, every other byte as %XX.
+_URL_SAFE = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_.-~/"
+_URL_QUOTED = {byte: chr(byte) if byte in _URL_SAFE else f"%{byte:02X}" for byte in range(256)}
+
+
+def urlencode(value: Any) -> str:
+    """Jinja's ``urlencode`` filter, with strings quoted by one table lookup in C.
+
+    Jinja quotes byte by byte in Python, which took a quarter of the time
+    of rendering a campaign's three templates when a link used the filter.
+    Other values (mappings, sequences of pairs) go to Jinja's own filter.
+    """
+    if not isinstance(value, str):
+        return do_urlencode(value)
+    return value.encode("utf-8").decode("latin-1").translate(_URL_QUOTED)
+
+
 def _make_environment(autoescape: bool) -> _Sandbox:
     # keep_trailing_newline: a body typed with a final line break keeps it.
-    return _Sandbox(undefined=MissingValue, autoescape=autoescape, keep_trailing_newline=True)
+    environment = _Sandbox(undefined=MissingValue, autoescape=autoescape, keep_trailing_newline=True)
+    environment.filters["urlencode"] = urlencode
+    return environment
 
 
 _TEXT_ENVIRONMENT = _make_environment(autoescape=False)

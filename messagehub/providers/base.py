@@ -27,6 +27,9 @@ class OutgoingMessage:
     needs_smtputf8: bool = False
     # The rendered parts, for APIs that take fields instead of raw MIME.
     content: EmailContent | None = None
+    # True when the builder of ``data`` writes no bare CR or LF
+    # (messagehub.messages.mime), so the SMTP sender need not look for one.
+    crlf_only: bool = False
 
 
 @dataclass(frozen=True)

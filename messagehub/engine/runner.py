@@ -114,19 +114,23 @@ class _ErrorWindow:
     size: int
     outcomes: deque = field(default_factory=deque)
     replies: deque = field(default_factory=deque)
+    # Failures in ``outcomes``, kept as they come and go: check runs after
+    # every message, and summing the window each time cost more than the rest of it.
+    failures: int = 0
 
     def add(self, failed: bool, reply: str = "") -> None:
         self.outcomes.append(failed)
         self.replies.append(reply if failed else "")
+        self.failures += failed
         if len(self.outcomes) > self.size:
-            self.outcomes.popleft()
+            self.failures -= self.outcomes.popleft()
             self.replies.popleft()
 
     def check(self) -> None:
         """Raise ErrorRateExceeded when the window is full and its failure share is over the limit."""
         if self.limit >= 1.0 or len(self.outcomes) < self.size:
             return
-        failures = sum(self.outcomes)
+        failures = self.failures
         if failures / len(self.outcomes) <= self.limit:
             return
 
@@ -169,6 +173,9 @@ class CampaignRunner:
         self.settings = self.settings.clamped()
         self._errors = _ErrorWindow(self.settings.error_rate_limit, self.settings.error_rate_window)
         self._journal: HandoverJournal | None = None
+        # A delivery the server accepted whose acceptance is not journalled
+        # yet: it goes with the next handover (HandoverJournal.handing_over).
+        self._held_acceptance: int | None = None
         if self.rate is not None:
             self.rate.sleep = self._wait
 
@@ -361,6 +368,7 @@ class CampaignRunner:
             # A stop, a pause, an unavailable provider or too many failures
             # leave the rest of the batch unsent: it goes back to the queue.
             self._release_unsent(claimed[done:])
+            self._journal_held_acceptance()
             self.store.flush()
             self._journal.clear()
 
@@ -410,18 +418,27 @@ class CampaignRunner:
     ) -> tuple[str | None, str]:
         """Send one claimed message; return the final status it reached (None if it stays queued) and the reply."""
         try:
-            result = self.sender.send(
-                message, lambda: self._journal.handing_over(recipient.delivery_id), following
-            )
+            result = self.sender.send(message, lambda: self._hand_over(recipient.delivery_id), following)
         except PermanentFailure as e:
             return self._fail(spec, recipient, e), e.reply
         except (TemporaryFailure, ConnectionLost) as e:
             return self._defer(spec.id, recipient, e), e.reply
 
         if result.confirmed:
-            self._journal.accepted(recipient.delivery_id)
+            self._held_acceptance = recipient.delivery_id
         self.store.mark_sent(recipient.delivery_id, result.reply, result.provider_id)
         return "sent", result.reply
+
+    def _hand_over(self, delivery_id: int) -> None:
+        """Journal the handover of a delivery, with the acceptance of the one before it."""
+        self._journal.handing_over(delivery_id, accepted=self._held_acceptance)
+        self._held_acceptance = None
+
+    def _journal_held_acceptance(self) -> None:
+        """Journal an acceptance that no handover took along, before the outcomes are committed."""
+        if self._held_acceptance is not None:
+            self._journal.accepted(self._held_acceptance)
+            self._held_acceptance = None
 
     def _send_requests(
         self, spec: CampaignSpec, templates: CampaignTemplates, batch: list[Recipient], progress: Progress

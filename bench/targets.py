@@ -54,18 +54,29 @@ def _largest(*readers: Callable) -> Callable[[dict[str, float]], float | None]:
     return read
 
 
-_ENGINE = _figure("messagehub: engine,")
+_ENGINE_SENDING = _figure("messagehub: engine,", "first to last message")
+_ENGINE_LAUNCH = _figure("messagehub: engine,", "launch to exit")
 _CEILING = _figure("ceiling:")
 _NAIVE = _figure("naive:")
 _RSS_SMALL = _figure("messagehub: engine peak RSS", ", 10000 recipients")
 _RSS_LARGE = _figure("messagehub: engine peak RSS", ", 1000000 recipients")
 
 TARGETS = (
-    Target("SMTP: at least 5,000 msg/s", _ENGINE, lambda value: value >= 5_000, "msg/s"),
+    # The rate from launch to exit, start-up included, which is the stricter one.
+    Target("SMTP: at least 5,000 msg/s, launch to exit", _ENGINE_LAUNCH, lambda value: value >= 5_000, "msg/s"),
+    # Sending phases on both sides (bench/run.py, sender_figures).
     Target(
-        "SMTP: at least 0.5 of the smtp-source ceiling", _ratio(_ENGINE, _CEILING), lambda value: value >= 0.5, "times"
+        "SMTP: at least 0.5 of the smtp-source ceiling, first to last message",
+        _ratio(_ENGINE_SENDING, _CEILING),
+        lambda value: value >= 0.5,
+        "times",
     ),
-    Target("SMTP: at least 25 times the naive sender", _ratio(_ENGINE, _NAIVE), lambda value: value >= 25, "times"),
+    Target(
+        "SMTP: at least 25 times the naive sender, first to last message",
+        _ratio(_ENGINE_SENDING, _NAIVE),
+        lambda value: value >= 25,
+        "times",
+    ),
     Target(
         "API: Twilio at 95 % or more of the account's rate of 1,000 msg/s",
         _figure("API: Twilio", "check off"),

@@ -312,6 +312,10 @@ class SqlCampaignStore:
         ]
         if stamps:
             connection.execute(_STAMP, stamps)
+        for delivery_id, _, _ in claims:
+            if delivery_id not in won:
+                # Another process sends it and writes its outcome.
+                self._campaign_of.pop(delivery_id, None)
         return won
 
     def release(self, delivery_id: int, reply: str, retry_at: datetime) -> None:

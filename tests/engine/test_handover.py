@@ -27,6 +27,18 @@ def test_journal_records_claims_and_handovers(tmp_path: Path):
     assert read_journals(tmp_path, 8).claimed == set()
 
 
+def test_acceptance_written_with_next_handover(tmp_path: Path):
+    journal = HandoverJournal(tmp_path, 7)
+    journal.claiming([1, 2])
+    journal.handing_over(1)
+    journal.handing_over(2, accepted=1)
+
+    state = read_journals(tmp_path, 7)
+
+    assert state.handed_over == {1, 2}
+    assert state.accepted == {1}
+
+
 def test_journal_clear_and_close(tmp_path: Path):
     journal = HandoverJournal(tmp_path, 7)
     journal.claiming([1, 2])
@@ -116,3 +128,26 @@ def test_unavailable_server_leaves_nothing_claimed(app, smtp_server, monkeypatch
     assert resumed.status == "finished"
     assert sorted(received) == sorted(row.address for row in rows)
     assert max(received.values()) == 1
+
+
+def test_every_acceptance_journalled_before_commit(app, smtp_server):
+    contacts = [{"email": f"reader{i}@example.com", "first_name": f"R{i}"} for i in range(5)]
+    list_id = factories.make_list(app, contacts)
+    factories.use_smtp_server(app, smtp_server.port)
+    campaign_id = factories.make_campaign(app, list_id)
+    runner = build_runner(campaign_id, {**app.config, "SMTP_CONNECTIONS": 1}, threading.Event())
+    # What a process killed just before each write of outcomes would leave.
+    journalled: list[set[int]] = []
+    flush = runner.store.flush
+
+    def flush_after_reading_journal() -> None:
+        journalled.append(read_journals(app.config["HANDOVER_DIR"], campaign_id).accepted)
+        flush()
+
+    runner.store.flush = flush_after_reading_journal
+
+    outcome = runner.run(campaign_id)
+
+    sent = {row.id for row in factories.deliveries(app, campaign_id)}
+    assert outcome.status == "finished"
+    assert sent in journalled

@@ -216,7 +216,7 @@ class SqlCampaignStore:
                 SENDING,
                 SENT,
                 reply="unconfirmed: the previous run stopped after handing the message over, "
-                "before the server answered; not sent again",
+                "before it recorded the server's answer; not sent again",
             )
 
     def next_batch(

@@ -353,7 +353,7 @@ def measure_import(options: argparse.Namespace, report: Report) -> None:
             f"import: peak RSS of the whole import, {rows} rows",
             "MiB",
             [run.whole_peak_mib for run in runs],
-            note=f"the command; its largest child process {format_runs([run.worker_peak_mib for run in runs])} MiB",
+            note=import_memory_note(runs),
         ),
         Figure(
             f"import: peak RSS of import_csv.py, {rows} rows",
@@ -524,6 +524,13 @@ def render_markdown(report: Report) -> str:
     lines += ["", "## Targets", "", "Each judged on the medians above.", "", *judge(report.figures)]
     lines += ["", *(f"- {note}" for note in report.notes), ""]
     return "\n".join(lines)
+
+
+def import_memory_note(runs: list) -> str:
+    """Describe the import's worker processes, which a file under 4 MiB does without."""
+    if not any(run.worker_peak_mib for run in runs):
+        return "the command; no worker process: the file was too small to need one"
+    return f"the command; its largest child process {format_runs([run.worker_peak_mib for run in runs])} MiB"
 
 
 def format_runs(values: list[float]) -> str:

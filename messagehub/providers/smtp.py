@@ -349,7 +349,7 @@ class SmtpSender:
         """Turn the reply to the final dot into a result or a failure."""
         if 200 <= code < 300:
             description = reply_text(text)
-            return SendResult(reply=f"{code} {description}".strip(), provider_id=description)
+            return SendResult(reply=format_reply(code, description), provider_id=description)
 
         reply = format_reply(code, text)
 
@@ -572,7 +572,7 @@ def reply_text(text: bytes | str) -> str:
     if isinstance(text, bytes):
         text = text.decode("utf-8", errors="replace")
     if "\n" not in text:
-        # Most replies have one line: nothing to join, no code to drop.
+        # A one-line reply has nothing to join and no repeated code to drop.
         return text
 
     lines = text.split("\n")

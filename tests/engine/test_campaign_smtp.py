@@ -55,6 +55,14 @@ def write_instance_config(app, instance_path: Path) -> None:
     (instance_path / "config.py").write_text("\n".join(lines) + "\n")
 
 
+def prepare_campaign(app, list_id: int, smtp_server, instance_path: Path) -> int:
+    """Create a draft campaign of the list sending to ``smtp_server``, ready for a campaign process."""
+    factories.use_smtp_server(app, smtp_server.port)
+    campaign_id = factories.make_campaign(app, list_id)
+    write_instance_config(app, instance_path)
+    return campaign_id
+
+
 def start_engine(instance_path: Path, campaign_id: int) -> subprocess.Popen:
     env = {**os.environ, "MESSAGEHUB_INSTANCE_PATH": str(instance_path)}
     return subprocess.Popen(
@@ -127,9 +135,7 @@ def check_messages(server, expected: dict[str, Contact]) -> None:
 
 
 def test_sigkill_midway_resumes_exactly_once(app, big_list, smtp_server, instance_path):
-    factories.use_smtp_server(app, smtp_server.port)
-    campaign_id = factories.make_campaign(app, big_list)
-    write_instance_config(app, instance_path)
+    campaign_id = prepare_campaign(app, big_list, smtp_server, instance_path)
 
     for kill_at in (1500, 4000):
         process = start_engine(instance_path, campaign_id)
@@ -162,9 +168,7 @@ def test_sigkill_midway_resumes_exactly_once(app, big_list, smtp_server, instanc
 
 
 def test_sigterm_pauses_cleanly(app, big_list, smtp_server, instance_path):
-    factories.use_smtp_server(app, smtp_server.port)
-    campaign_id = factories.make_campaign(app, big_list)
-    write_instance_config(app, instance_path)
+    campaign_id = prepare_campaign(app, big_list, smtp_server, instance_path)
     process = start_engine(instance_path, campaign_id)
     wait_for_count(smtp_server, 300, process)
 
@@ -258,9 +262,7 @@ def test_header_injection_neutralised(app, runner, smtp_server):
 
 
 def test_lost_worker_fails_then_restarts(app, big_list, smtp_server, instance_path):
-    factories.use_smtp_server(app, smtp_server.port)
-    campaign_id = factories.make_campaign(app, big_list)
-    write_instance_config(app, instance_path)
+    campaign_id = prepare_campaign(app, big_list, smtp_server, instance_path)
     process = start_engine(instance_path, campaign_id)
     wait_for_count(smtp_server, 1500, process)
     worker = int(Path(f"/proc/{process.pid}/task/{process.pid}/children").read_text().split()[0])

@@ -114,8 +114,8 @@ class _ErrorWindow:
     size: int
     outcomes: deque = field(default_factory=deque)
     replies: deque = field(default_factory=deque)
-    # Failures in ``outcomes``, kept as they come and go: check runs after
-    # every message, and summing the window each time cost more than the rest of it.
+    # Failures in ``outcomes``, counted as they come and go, so that check,
+    # which runs after every message, need not sum the window.
     failures: int = 0
 
     def add(self, failed: bool, reply: str = "") -> None:

@@ -235,7 +235,7 @@ def urlencode(value: Any) -> str:
     """Jinja's ``urlencode`` filter, with strings quoted by one table lookup in C.
 
     Jinja quotes byte by byte in Python, which took a quarter of the time
-    of rendering a campaign's three templates when a link used the filter.
+    of rendering the benchmark's three templates, whose link uses the filter.
     Other values (mappings, sequences of pairs) go to Jinja's own filter.
     """
     if not isinstance(value, str):

@@ -99,7 +99,7 @@ def test_release_many_requeues_without_an_attempt(app):
     assert rows[ids[2]].provider_reply == "queued again: stopped"
 
 
-def test_outcome_times_written_as_the_orm_writes_them(app):
+def test_outcome_times_match_orm_format(app):
     campaign_id, ids = _started_campaign(app, 4)
     store = _store(app)
     store.mark_sending_many(_claims(ids))
@@ -120,7 +120,7 @@ def test_outcome_times_written_as_the_orm_writes_them(app):
     assert rows[ids[2]][1:] == (None, "2027-01-01 00:00:00.000000")
 
 
-def test_outcomes_of_two_campaigns_in_one_write(app):
+def test_two_campaigns_in_one_write(app):
     first, first_ids = _started_campaign(app, 2)
     second, second_ids = _started_campaign(app, 1, "Second list")
     store = _store(app)

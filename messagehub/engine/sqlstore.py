@@ -145,13 +145,20 @@ class SqlCampaignStore:
                 provider_account_id=campaign.provider_account_id,
             )
 
+    def check_start(self, campaign_id: int) -> None:
+        """Raise what ``start_run`` would raise for the campaign as it is now, changing nothing."""
+        with Session(self.engine) as session:
+            _check_start(session.get(Campaign, campaign_id), campaign_id)
+
     def start_run(self, campaign_id: int) -> None:
         with Session(self.engine) as session, session.begin():
+            # SQLite ignores FOR UPDATE, and its driver reads outside the
+            # transaction until the first write. Writing first takes the write
+            # lock, so the read below returns the last commit of a web app or
+            # engine process that started this run at the same moment.
+            session.execute(update(Campaign).where(Campaign.id == campaign_id).values(heartbeat_at=utcnow()))
             campaign = session.get(Campaign, campaign_id, with_for_update=True)
-            if campaign is None:
-                raise LookupError(f"campaign {campaign_id} not found")
-
-            campaign_status.check_transition(campaign_id, campaign.status, campaign_status.RUNNING)
+            _check_start(campaign, campaign_id)
             if campaign.started_at is None:
                 self._queue_audience(session, campaign)
                 campaign.started_at = utcnow()
@@ -162,9 +169,6 @@ class SqlCampaignStore:
 
     def _queue_audience(self, session: Session, campaign: Campaign) -> None:
         """Snapshot the list into delivery rows, in the same transaction as the status change."""
-        if campaign.list_id is None:
-            raise campaign_status.StatusError(f"Campaign {campaign.id} has no contact list.")
-
         now = utcnow()
         for selected, status, reply in _audience_rules(campaign.channel):
             address = Contact.phone if campaign.channel == Channel.SMS.value else Contact.email
@@ -495,6 +499,16 @@ class SqlCampaignStore:
 
         for (campaign_id, status), count in counts.items():
             connection.execute(_COUNT[status], {"c_id": campaign_id, "n": count})
+
+
+def _check_start(campaign: Campaign | None, campaign_id: int) -> None:
+    """Raise unless the campaign exists and may start running, with its audience if it never ran."""
+    if campaign is None:
+        raise LookupError(f"campaign {campaign_id} not found")
+
+    campaign_status.check_transition(campaign_id, campaign.status, campaign_status.RUNNING)
+    if campaign.started_at is None and campaign.list_id is None:
+        raise campaign_status.StatusError(f"Campaign {campaign_id} has no contact list.")
 
 
 def _move_parameters(

@@ -65,14 +65,19 @@ def record(session: Session, campaign_id: int, kind: str, actor: str, supervisor
 
 
 def launch_background(engine: Engine, session: Session, supervisor: Supervisor, campaign: Campaign, actor: str) -> None:
-    """Mark the campaign running and start its unit; on failure pause it with the reason.
+    """Start the campaign's unit, then mark the campaign running and queue its audience.
 
-    :raises SupervisorError: the supervisor refused or failed; the campaign is paused.
+    The unit starts first so that the engine's start-up (about 0.4 s of
+    imports, measured on a 2-core machine) overlaps the queueing of a large
+    audience. Whichever of the two calls ``start_run`` first queues the
+    audience, and the other reads the run as started.
+
+    :raises StatusError: the campaign cannot run; nothing was started.
+    :raises SupervisorError: the supervisor refused or failed; the campaign is unchanged.
     """
     kind = LAUNCH if campaign.started_at is None else RESUME
     store = SqlCampaignStore(engine)
-    store.start_run(campaign.id)
-    session.expire(campaign)
+    store.check_start(campaign.id)
 
     try:
         supervisor.launch(campaign.id)
@@ -81,9 +86,17 @@ def launch_background(engine: Engine, session: Session, supervisor: Supervisor, 
             "error starting %s for campaign %s: %s", unit_name(campaign.id), campaign.id, e,
             extra={"campaign_id": campaign.id},
         )
-        store.finish_run(campaign.id, campaign_status.PAUSED, f"Could not start the background run: {e}")
         raise
 
+    try:
+        store.start_run(campaign.id)
+    except campaign_status.StatusError as e:
+        # check_start passed a moment ago, so another process moved the
+        # campaign since: its engine started the run first, and a tiny
+        # campaign may even have finished. The launch succeeded all the same.
+        log.info("campaign %s changed while launching: %s", campaign.id, e, extra={"campaign_id": campaign.id})
+
+    session.expire(campaign)
     campaign.run_mode = BACKGROUND
     record(session, campaign.id, kind, actor, supervisor.name, mode=BACKGROUND)
     session.commit()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import threading
+import time
 from datetime import datetime, timezone
 
 from sqlalchemy import update
@@ -134,3 +136,39 @@ def test_two_campaigns_in_one_write(app):
     assert [recipient.delivery_id for recipient in batch] == first_ids
     assert factories.campaign(app, first).sent == 2
     assert factories.campaign(app, second).sent == 1
+
+
+def test_start_run_waits_for_queueing_run(app):
+    # The web app queues the audience while the engine it just launched
+    # starts: the engine must see the run started, not queue it again.
+    contacts = [{"email": f"reader{i}@example.com"} for i in range(300)]
+    campaign_id = factories.make_campaign(app, factories.make_list(app, contacts))
+    web, engine = _store(app), _store(app)
+    queued = threading.Event()
+    errors = []
+    queue_audience = web._queue_audience
+
+    def queue_and_hold(session, campaign):
+        queue_audience(session, campaign)
+        queued.set()
+        # Holds the write lock with the rows uncommitted while the engine starts.
+        time.sleep(0.5)
+
+    def start_in_web():
+        try:
+            web.start_run(campaign_id)
+        except Exception as error:
+            errors.append(error)
+
+    web._queue_audience = queue_and_hold
+    thread = threading.Thread(target=start_in_web)
+    thread.start()
+    assert queued.wait(10)
+    engine.start_run(campaign_id)
+    thread.join(10)
+
+    assert errors == []
+    rows = factories.deliveries(app, campaign_id)
+    assert len(rows) == 300
+    assert {row.status for row in rows} == {"queued"}
+    assert factories.campaign(app, campaign_id).total == 300

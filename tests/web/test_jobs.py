@@ -9,7 +9,9 @@ from datetime import timedelta
 import pytest
 
 from messagehub.extensions import db
+from messagehub.jobs.service import launch_background
 from messagehub.models import Campaign, JobEvent, utcnow
+from messagehub.supervisor.base import SupervisorError
 from tests import factories
 from tests.conftest import make_app
 
@@ -85,6 +87,27 @@ def test_background_launch_runs_to_end(process_app, logged_in, instance_path):
     assert len(list((instance_path / "outbox").rglob("*.eml"))) == 30
     assert "finished campaign" in page
     assert history(process_app, campaign_id) == ["launch", "exit"]
+
+
+class RefusingSupervisor:
+    """A supervisor whose manager rejects every start, as systemd does for a broken unit file."""
+
+    name = "refusing"
+
+    def launch(self, campaign_id: int) -> None:
+        raise SupervisorError("Unit messagehub-campaign@.service has a bad setting.")
+
+
+def test_refused_launch_leaves_draft_unqueued(app):
+    campaign_id = outbox_campaign(app, 5)
+
+    with app.app_context():
+        campaign = db.session.get(Campaign, campaign_id)
+        with pytest.raises(SupervisorError, match="bad setting"):
+            launch_background(db.engine, db.session, RefusingSupervisor(), campaign, "admin")
+
+    assert factories.campaign(app, campaign_id).status == "draft"
+    assert factories.deliveries(app, campaign_id) == []
 
 
 def test_jobs_page_lists_unit(process_app, logged_in):

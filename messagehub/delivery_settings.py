@@ -30,11 +30,10 @@ DELIVERY_METHODS = {
 
 def load_smtp_settings(session: Session, secret_key: str, timeout: float | None = None) -> SmtpSettings | None:
     """Return the saved SMTP settings with the password decrypted, or None if never saved."""
-    row = session.get(Setting, SMTP_KEY)
-    if row is None or not row.value.get("host"):
+    if not smtp_configured(session):
         return None
 
-    stored = dict(row.value)
+    stored = dict(session.get(Setting, SMTP_KEY).value)
     token = stored.pop("password_encrypted", "")
     stored["password"] = secretbox.decrypt(secret_key, token) if token else ""
     if timeout is not None:
@@ -57,6 +56,15 @@ def save_smtp_settings(session: Session, secret_key: str, settings: SmtpSettings
         session.add(Setting(key=SMTP_KEY, value=value))
     else:
         row.value = value
+
+
+SMTP_NOT_CONFIGURED = "SMTP is not configured: set the server in Settings first."
+
+
+def smtp_configured(session: Session) -> bool:
+    """Tell whether SMTP settings with a server were saved."""
+    row = session.get(Setting, SMTP_KEY)
+    return row is not None and bool(row.value.get("host"))
 
 
 class SenderNotConfigured(Exception):
@@ -87,7 +95,7 @@ def open_sender(
         with Session(engine) as session:
             settings = load_smtp_settings(session, config["SECRET_KEY"], float(config["SMTP_TIMEOUT"]))
         if settings is None:
-            raise SenderNotConfigured("SMTP is not configured: set the server in Settings first.")
+            raise SenderNotConfigured(SMTP_NOT_CONFIGURED)
         return SmtpSender(settings)
 
     raise SenderNotConfigured(f"unknown delivery method {method!r}; expected one of {', '.join(DELIVERY_METHODS)}")

@@ -15,7 +15,7 @@ from sqlalchemy import Engine, Select, func, select
 from sqlalchemy.orm import Session
 
 from messagehub.campaigns.audience_shapes import ShapeMemo, field_shapes
-from messagehub.delivery_settings import DELIVERY_METHODS, open_sender
+from messagehub.delivery_settings import DELIVERY_METHODS, SMTP_NOT_CONFIGURED, open_sender, smtp_configured
 from messagehub.engine import status as campaign_status
 from messagehub.engine.process import engine_settings
 from messagehub.engine.sqlstore import recipient_context
@@ -192,6 +192,10 @@ def delivery_problem(session: Session, campaign: Campaign, secret_key: str) -> s
     if campaign.delivery_method != "account":
         if is_sms(campaign):
             return "Choose a Twilio or Amazon SNS account to send text messages through."
+        if campaign.delivery_method == "smtp" and not smtp_configured(session):
+            # Caught here, or a background launch would queue the audience
+            # and the engine would pause the campaign at once.
+            return SMTP_NOT_CONFIGURED
         return None
 
     account = session.get(ProviderAccount, campaign.provider_account_id) if campaign.provider_account_id else None

@@ -103,6 +103,23 @@ def launch_background(engine: Engine, session: Session, supervisor: Supervisor, 
     audit.info("user %s %sed campaign %s in the background", actor, kind, campaign.id, extra={"campaign_id": campaign.id})
 
 
+def resume_background(engine: Engine, session: Session, supervisor: Supervisor, campaign: Campaign, actor: str) -> None:
+    """Start a launched campaign's unit again (see ``launch_background``).
+
+    :raises StatusError: the campaign was never launched or cannot run.
+    """
+    check_launched(campaign)
+    launch_background(engine, session, supervisor, campaign, actor)
+
+
+def check_launched(campaign: Campaign) -> None:
+    """Raise StatusError for a campaign never launched, whose first run must pass the launch checks."""
+    if campaign.started_at is None:
+        raise campaign_status.StatusError(
+            f"Campaign {campaign.id} has not been launched yet: launch it from its page, which checks it first."
+        )
+
+
 def stop(session: Session, supervisor: Supervisor, campaign: Campaign, actor: str) -> None:
     """Ask the campaign's process to stop after the message in flight; the engine then pauses it."""
     supervisor.stop(campaign.id)
@@ -112,7 +129,12 @@ def stop(session: Session, supervisor: Supervisor, campaign: Campaign, actor: st
 
 
 def restart(session: Session, supervisor: Supervisor, campaign: Campaign, actor: str) -> None:
-    """Restart the campaign's process; the new run resumes where the old one stopped."""
+    """Restart the campaign's process; the new run resumes where the old one stopped.
+
+    :raises StatusError: the campaign was never launched or has finished.
+    """
+    check_launched(campaign)
+    campaign_status.check_transition(campaign.id, campaign.status, campaign_status.RUNNING)
     supervisor.restart(campaign.id)
     record(session, campaign.id, RESTART, actor, supervisor.name)
     session.commit()

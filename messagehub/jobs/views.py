@@ -115,7 +115,7 @@ def resume(campaign_id: int):
     """Start a paused or interrupted campaign again in the background."""
     return _act(
         campaign_id,
-        lambda campaign: service.launch_background(db.engine, db.session, supervisor(), campaign, current_user.username),
+        lambda campaign: service.resume_background(db.engine, db.session, supervisor(), campaign, current_user.username),
         "Campaign {id} resumed in the background.",
     )
 

@@ -110,6 +110,33 @@ def test_refused_launch_leaves_draft_unqueued(app):
     assert factories.deliveries(app, campaign_id) == []
 
 
+@pytest.mark.parametrize("action", ["resume", "restart"])
+def test_draft_not_started_from_jobs(process_app, logged_in, instance_path, action):
+    # Only the launch form checks the audience first, so a draft starts there alone.
+    campaign_id = outbox_campaign(process_app, 3)
+
+    page = logged_in.post(f"/jobs/{campaign_id}/{action}", follow_redirects=True).get_data(as_text=True)
+
+    assert f"Campaign {campaign_id} has not been launched yet" in page
+    assert factories.campaign(process_app, campaign_id).status == "draft"
+    assert factories.deliveries(process_app, campaign_id) == []
+    time.sleep(1.0)
+    assert not list((instance_path / "outbox").rglob("*.eml"))
+
+
+def test_unconfigured_smtp_stops_launch(process_app, logged_in):
+    contacts = [{"email": "p1@example.com", "first_name": "P1"}]
+    campaign_id = factories.make_campaign(process_app, factories.make_list(process_app, contacts), delivery_method="smtp")
+
+    page = logged_in.post(
+        f"/campaigns/{campaign_id}/launch", data={"mode": "background"}, follow_redirects=True
+    ).get_data(as_text=True)
+
+    assert "SMTP is not configured: set the server in Settings first." in page
+    assert factories.campaign(process_app, campaign_id).status == "draft"
+    assert factories.deliveries(process_app, campaign_id) == []
+
+
 def test_jobs_page_lists_unit(process_app, logged_in):
     campaign_id = outbox_campaign(process_app, 5)
     logged_in.post(f"/campaigns/{campaign_id}/launch", data={"mode": "background"})

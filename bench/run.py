@@ -8,6 +8,8 @@ ratios compare runs that shared the machine's load:
   messagehub  the campaign engine sending a personalised multipart campaign
   peak RSS    of the engine's largest process, and of all its processes added
               up, for 10,000 and 1,000,000 recipients
+  crash       SIGKILL to the engine while it sends at full speed, then resume:
+              what every recipient got (bench/crash_check.py)
   import      bench/import_csv.py on a generated file
   launch      web app launch request to the engine's READY=1 and first message
   jobs page   GET /jobs/ and its htmx partial with 20 campaigns running
@@ -39,6 +41,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from api_senders import ApiRun, measure_sendgrid, measure_twilio  # noqa: E402 - found through the path set above
+from crash_check import describe, run_crash_check  # noqa: E402
 from jobs_page import measure_jobs_page  # noqa: E402
 from launch_latency import LaunchTimes, measure_launches  # noqa: E402
 from targets import judge  # noqa: E402
@@ -126,6 +129,10 @@ def parse_arguments() -> argparse.Namespace:
         default=1_000_000,
         help="rows of the import benchmark (default 1000000)",
     )
+    parser.add_argument(
+        "--crash-recipients", type=int, default=30_000, help="recipients of the campaign killed while it sends (default 30000)"
+    )
+    parser.add_argument("--crash-kills", type=int, default=3, help="SIGKILLs to that campaign's engine (default 3)")
     parser.add_argument("--import-runs", type=int, default=3, help="runs of the import benchmark (default 3)")
     parser.add_argument(
         "--launch-recipients",
@@ -172,6 +179,7 @@ def main() -> int:
     load_before = os.getloadavg()
     report = Report()
     measure_senders(options, report)
+    measure_crash(options, report)
     measure_import(options, report)
     measure_launch(options, report)
     measure_jobs(options, report)
@@ -448,6 +456,23 @@ def launch_figures(recipients: int, launches: list[LaunchTimes], cold: bool = Fa
             note="plain-process supervisor, aiosmtpd server in the benchmark process",
         ),
     ]
+
+
+def measure_crash(options: argparse.Namespace, report: Report) -> None:
+    """Kill the engine at full speed, resume it, and count the recipients who got other than one message."""
+    progress(f"crash: {options.crash_kills} SIGKILLs to a campaign of {options.crash_recipients} recipients")
+    with tempfile.TemporaryDirectory(prefix="messagehub-bench-") as directory:
+        run = run_crash_check(Path(directory), options.crash_recipients, options.crash_kills)
+
+    report.figures.append(
+        Figure(
+            f"crash: recipients with a duplicate, lost, unrecorded or unsent message, "
+            f"{options.crash_kills} SIGKILLs at full speed, {options.crash_recipients} recipients",
+            "recipients",
+            [run.faults],
+            note=describe(run),
+        )
+    )
 
 
 def measure_jobs(options: argparse.Namespace, report: Report) -> None:

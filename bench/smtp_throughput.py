@@ -171,11 +171,14 @@ class SmtpSink:
 
     ``data_delay`` holds back the reply to every DATA command by that many
     whole seconds (smtp-sink -w), which keeps senders busy while they send little.
+    With ``dump``, every completed transaction is appended to that file with
+    its envelope (smtp-sink -D).
     """
 
-    def __init__(self, directory: Path, data_delay: int = 0):
+    def __init__(self, directory: Path, data_delay: int = 0, dump: Path | None = None):
         self.port = free_port()
         self.data_delay = data_delay
+        self.dump = dump
         self.counter_file = directory / "smtp-sink.out"
         self.process: subprocess.Popen | None = None
 
@@ -194,6 +197,8 @@ class SmtpSink:
             command += ["-u", "nobody"]
         if self.data_delay:
             command += ["-w", str(self.data_delay)]
+        if self.dump is not None:
+            command += ["-D", str(self.dump)]
         command += [f"127.0.0.1:{self.port}", "1000"]
         with self.counter_file.open("wb") as output:
             self.process = subprocess.Popen(command, stdout=output, stderr=subprocess.STDOUT)

@@ -22,6 +22,8 @@ class Target:
     measured: Callable[[dict[str, float]], float | None]
     met: Callable[[float], bool]
     unit: str
+    # A count, shown without decimals.
+    whole: bool = False
 
 
 def _figure(prefix: str, contains: str = "") -> Callable[[dict[str, float]], float | None]:
@@ -78,6 +80,13 @@ TARGETS = (
         "times",
     ),
     Target(
+        "crash: every recipient exactly once, or unconfirmed, after SIGKILLs at full speed",
+        _figure("crash: recipients with a duplicate"),
+        lambda value: value == 0,
+        "recipients at fault",
+        whole=True,
+    ),
+    Target(
         "API: Twilio at 95 % or more of the account's rate of 1,000 msg/s",
         _figure("API: Twilio", "check off"),
         lambda value: value >= 950,
@@ -131,6 +140,6 @@ def judge(figures: Sequence[Figure]) -> list[str]:
         if value is None:
             lines.append(f"| {target.wording} | not measured in this run | |")
             continue
-        formatted = f"{value:,.0f}" if value >= 100 else f"{value:.2f}"
+        formatted = f"{value:,.0f}" if value >= 100 or target.whole else f"{value:.2f}"
         lines.append(f"| {target.wording} | {formatted} {target.unit} | {'yes' if target.met(value) else '**no**'} |")
     return lines

@@ -8,6 +8,7 @@ reason, so it never stays "running", and its exit goes into the job history.
 from __future__ import annotations
 
 import logging
+import signal
 from dataclasses import dataclass
 from datetime import timedelta
 
@@ -217,9 +218,22 @@ def _why_not_running(campaign: Campaign, state: UnitState | None) -> str | None:
         return None
     if state is None:
         return "Interrupted: the campaign's process is gone. Resume to carry on where it stopped."
+    return f"Interrupted: {state.unit} ended ({how_it_ended(state)}) after {state.restarts} restarts. See its log below."
+
+
+def how_it_ended(state: UnitState) -> str:
+    """Return how a unit's main process ended, in words: "killed by signal 9 (SIGKILL)" or "exit-code, exit status 2"."""
     result = state.result or state.sub_state
-    status = f", exit status {state.exit_status}" if state.exit_status is not None else ""
-    return f"Interrupted: {state.unit} ended ({result}{status}) after {state.restarts} restarts. See its log below."
+    if state.exit_status is None:
+        return result
+    if result == "signal":
+        # For a process killed by a signal, systemd's ExecMainStatus is the signal's number.
+        try:
+            name = signal.Signals(state.exit_status).name
+        except ValueError:
+            name = "unknown"
+        return f"killed by signal {state.exit_status} ({name})"
+    return f"{result}, exit status {state.exit_status}"
 
 
 def _mark_interrupted(campaign: Campaign, reason: str) -> None:

@@ -9,9 +9,9 @@ from datetime import timedelta
 import pytest
 
 from messagehub.extensions import db
-from messagehub.jobs.service import launch_background
+from messagehub.jobs.service import how_it_ended, launch_background
 from messagehub.models import Campaign, JobEvent, utcnow
-from messagehub.supervisor.base import SupervisorError
+from messagehub.supervisor.base import SupervisorError, UnitState
 from tests import factories
 from tests.conftest import make_app
 
@@ -135,6 +135,21 @@ def test_unconfigured_smtp_stops_launch(process_app, logged_in):
     assert "SMTP is not configured: set the server in Settings first." in page
     assert factories.campaign(process_app, campaign_id).status == "draft"
     assert factories.deliveries(process_app, campaign_id) == []
+
+
+@pytest.mark.parametrize(
+    ("result", "exit_status", "words"),
+    [
+        ("signal", 9, "killed by signal 9 (SIGKILL)"),
+        ("signal", 15, "killed by signal 15 (SIGTERM)"),
+        ("exit-code", 2, "exit-code, exit status 2"),
+        ("watchdog", None, "watchdog"),
+    ],
+)
+def test_unit_ending_in_words(result, exit_status, words):
+    state = UnitState(1, "messagehub-campaign@1.service", "failed", "failed", exit_status=exit_status, result=result)
+
+    assert how_it_ended(state) == words
 
 
 def test_jobs_page_lists_unit(process_app, logged_in):

@@ -567,8 +567,8 @@ def format_runs(values: list[float]) -> str:
 
 
 def format_value(value: float) -> str:
-    """Format a figure with precision that suits its size."""
-    return f"{value:,.0f}" if value >= 100 else f"{value:.2f}"
+    """Format a figure with precision that suits its size; a count has no decimals."""
+    return f"{value:,.0f}" if isinstance(value, int) or value >= 100 else f"{value:.2f}"
 
 
 def machine_lines() -> list[str]:

@@ -328,8 +328,9 @@ def _launch_background(campaign: Campaign):
 def _launch_foreground(campaign: Campaign):
     kind = jobs_service.LAUNCH if campaign.started_at is None else jobs_service.RESUME
     try:
+        jobs_service.check_no_live_run(campaign, choose_supervisor(current_app.config))
         foreground.start(campaign.id, current_app.config)
-    except (foreground.AlreadyRunning, SenderNotConfigured, campaign_status.StatusError, LookupError) as e:
+    except (foreground.AlreadyRunning, SenderNotConfigured, campaign_status.StatusError, LookupError, SupervisorError) as e:
         flash(str(e), "error")
         return redirect(url_for("campaigns.show", campaign_id=campaign.id), code=303)
 

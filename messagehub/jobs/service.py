@@ -8,7 +8,6 @@ reason, so it never stays "running", and its exit goes into the job history.
 from __future__ import annotations
 
 import logging
-import signal
 from dataclasses import dataclass
 from datetime import timedelta
 
@@ -73,10 +72,12 @@ def launch_background(engine: Engine, session: Session, supervisor: Supervisor, 
     audience. Whichever of the two calls ``start_run`` first queues the
     audience, and the other reads the run as started.
 
-    :raises StatusError: the campaign cannot run; nothing was started.
+    :raises StatusError: the campaign cannot run, or a run of it is sending;
+        nothing was started.
     :raises SupervisorError: the supervisor refused or failed; the campaign is unchanged.
     """
     kind = LAUNCH if campaign.started_at is None else RESUME
+    check_no_live_run(campaign, supervisor)
     store = SqlCampaignStore(engine)
     store.check_start(campaign.id)
 
@@ -121,6 +122,31 @@ def check_launched(campaign: Campaign) -> None:
         )
 
 
+def check_no_live_run(campaign: Campaign, supervisor: Supervisor, background_too: bool = True) -> None:
+    """Raise StatusError while a run of the campaign is sending, in the web app or (``background_too``) in its unit.
+
+    A second run would take the first one's messages in flight for those of
+    a dead run, and send some of them again.
+    """
+    if campaign.status != campaign_status.RUNNING:
+        return
+
+    in_foreground = campaign.run_mode in (FOREGROUND, None)
+    if not in_foreground and not background_too:
+        return
+    state = None if in_foreground else supervisor.state(campaign.id)
+    if _why_not_running(campaign, state) is not None:
+        return
+
+    if in_foreground:
+        raise campaign_status.StatusError(
+            f"Campaign {campaign.id} is sending in the web app or from the command line. Pause it on its page "
+            f"first. A run whose process stopped counts as interrupted after {FOREGROUND_TIMEOUT.seconds} s "
+            "without a sign of life."
+        )
+    raise campaign_status.StatusError(f"Campaign {campaign.id} is already running in the background.")
+
+
 def stop(session: Session, supervisor: Supervisor, campaign: Campaign, actor: str) -> None:
     """Ask the campaign's process to stop after the message in flight; the engine then pauses it."""
     supervisor.stop(campaign.id)
@@ -132,10 +158,12 @@ def stop(session: Session, supervisor: Supervisor, campaign: Campaign, actor: st
 def restart(session: Session, supervisor: Supervisor, campaign: Campaign, actor: str) -> None:
     """Restart the campaign's process; the new run resumes where the old one stopped.
 
-    :raises StatusError: the campaign was never launched or has finished.
+    :raises StatusError: the campaign was never launched, has finished, or
+        is sending in the web app.
     """
     check_launched(campaign)
     campaign_status.check_transition(campaign.id, campaign.status, campaign_status.RUNNING)
+    check_no_live_run(campaign, supervisor, background_too=False)
     supervisor.restart(campaign.id)
     record(session, campaign.id, RESTART, actor, supervisor.name)
     session.commit()
@@ -218,22 +246,10 @@ def _why_not_running(campaign: Campaign, state: UnitState | None) -> str | None:
         return None
     if state is None:
         return "Interrupted: the campaign's process is gone. Resume to carry on where it stopped."
-    return f"Interrupted: {state.unit} ended ({how_it_ended(state)}) after {state.restarts} restarts. See its log below."
-
-
-def how_it_ended(state: UnitState) -> str:
-    """Return how a unit's main process ended, in words: "killed by signal 9 (SIGKILL)" or "exit-code, exit status 2"."""
-    result = state.result or state.sub_state
-    if state.exit_status is None:
-        return result
-    if result == "signal":
-        # For a process killed by a signal, systemd's ExecMainStatus is the signal's number.
-        try:
-            name = signal.Signals(state.exit_status).name
-        except ValueError:
-            name = "unknown"
-        return f"killed by signal {state.exit_status} ({name})"
-    return f"{result}, exit status {state.exit_status}"
+    return (
+        f"Interrupted: {state.unit} ended, {state.ending}, after {state.restarts} restarts. "
+        "Its log is on the campaign's Monitor page."
+    )
 
 
 def _mark_interrupted(campaign: Campaign, reason: str) -> None:

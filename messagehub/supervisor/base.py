@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Protocol
@@ -53,6 +54,21 @@ class UnitState:
     cpu_seconds: float | None = None
     started_at: datetime | None = None
     status_text: str = ""
+
+    @property
+    def ending(self) -> str:
+        """Return how the main process ended, in words: "killed by signal 9 (SIGKILL)" or "exit-code, exit status 2"."""
+        result = self.result or self.sub_state
+        if self.exit_status is None:
+            return result
+        if result == "signal":
+            # For a process killed by a signal, systemd's ExecMainStatus is the signal's number.
+            try:
+                name = signal.Signals(self.exit_status).name
+            except ValueError:
+                name = "unknown"
+            return f"killed by signal {self.exit_status} ({name})"
+        return f"{result}, exit status {self.exit_status}"
 
     @property
     def is_running(self) -> bool:

@@ -9,7 +9,7 @@ from datetime import timedelta
 import pytest
 
 from messagehub.extensions import db
-from messagehub.jobs.service import how_it_ended, launch_background
+from messagehub.jobs.service import launch_background
 from messagehub.models import Campaign, JobEvent, utcnow
 from messagehub.supervisor.base import SupervisorError, UnitState
 from tests import factories
@@ -124,6 +124,25 @@ def test_draft_not_started_from_jobs(process_app, logged_in, instance_path, acti
     assert not list((instance_path / "outbox").rglob("*.eml"))
 
 
+@pytest.mark.parametrize("action", ["resume", "restart"])
+def test_foreground_run_not_doubled(process_app, logged_in, instance_path, action):
+    # A run in the web app, alive a second ago: a background run beside it
+    # would take its messages in flight for a dead run's and send them again.
+    contacts = [{"email": f"p{i}@example.com", "first_name": f"P{i}"} for i in range(3)]
+    campaign_id = factories.make_campaign(
+        process_app, factories.make_list(process_app, contacts), delivery_method="outbox",
+        status="running", run_mode="foreground", started_at=utcnow(), heartbeat_at=utcnow(),
+    )
+
+    page = logged_in.post(f"/jobs/{campaign_id}/{action}", follow_redirects=True).get_data(as_text=True)
+
+    assert f"Campaign {campaign_id} is sending in the web app" in page
+    assert factories.campaign(process_app, campaign_id).status == "running"
+    assert history(process_app, campaign_id) == []
+    time.sleep(1.0)
+    assert not list((instance_path / "outbox").rglob("*.eml"))
+
+
 def test_unconfigured_smtp_stops_launch(process_app, logged_in):
     contacts = [{"email": "p1@example.com", "first_name": "P1"}]
     campaign_id = factories.make_campaign(process_app, factories.make_list(process_app, contacts), delivery_method="smtp")
@@ -149,7 +168,7 @@ def test_unconfigured_smtp_stops_launch(process_app, logged_in):
 def test_unit_ending_in_words(result, exit_status, words):
     state = UnitState(1, "messagehub-campaign@1.service", "failed", "failed", exit_status=exit_status, result=result)
 
-    assert how_it_ended(state) == words
+    assert state.ending == words
 
 
 def test_jobs_page_lists_unit(process_app, logged_in):

@@ -13,7 +13,7 @@ Then the dump and the campaign's delivery rows must agree:
   duplicates     recipients who got more than one message
   lost           rows recorded as sent without doubt, whose message never arrived
   not recorded   messages that arrived for a row not recorded as sent
-  unsent         rows left queued or sending
+  unsent         rows that did not end as sent (queued, sending or failed)
 
 All four must be 0. A message handed over in the instant of a kill is
 "unconfirmed": the next run records it as sent and never sends it again, so
@@ -174,7 +174,7 @@ def _compare(database: Path, campaign_id: int, dump: Path, recipients: int, kill
         duplicates=sum(1 for count in received.values() if count > 1),
         lost=len(sent - in_doubt - received.keys()),
         not_recorded=sum(1 for address in received if status_of.get(address) != "sent"),
-        unsent=sum(1 for _, status, _ in rows if status in ("queued", "sending")),
+        unsent=sum(1 for _, status, _ in rows if status != "sent"),
         unconfirmed=len(in_doubt),
         unconfirmed_received=len(in_doubt & received.keys()),
         seconds=seconds,

@@ -163,6 +163,9 @@ def campaign_send(campaign_id: int) -> None:
     from messagehub.engine import status as campaign_status
     from messagehub.engine.process import EXIT_CAMPAIGN_FAILED, run_campaign
     from messagehub.engine.workers import WorkerLost
+    from messagehub.jobs.service import check_no_live_run
+    from messagehub.supervisor.base import SupervisorError
+    from messagehub.supervisor.choose import choose_supervisor
 
     campaign = db.session.get(Campaign, campaign_id)
     if campaign is None:
@@ -170,6 +173,10 @@ def campaign_send(campaign_id: int) -> None:
     problem = launch_problem(db.session, campaign, current_app.config["SECRET_KEY"])
     if problem:
         raise click.ClickException(problem)
+    try:
+        check_no_live_run(campaign, choose_supervisor(current_app.config))
+    except (campaign_status.StatusError, SupervisorError) as e:
+        raise click.ClickException(str(e)) from e
     db.session.rollback()
 
     with click.progressbar(length=1, label=f"Sending campaign {campaign_id}", file=sys.stderr, show_pos=True) as bar:

@@ -15,7 +15,7 @@ from markupsafe import escape
 
 from messagehub.extensions import db
 from messagehub.messages.mime import address_for_wire
-from messagehub.models import Contact
+from messagehub.models import Contact, utcnow
 from tests import factories
 
 SUBJECT = "Frühlingsnachrichten für {{ first_name | default('Sie') }} — Ünïcödé ✓"
@@ -287,3 +287,20 @@ def test_lost_worker_fails_then_restarts(app, big_list, smtp_server, instance_pa
     # The killed worker may leave its one handed-over message unconfirmed.
     assert len(set(expected) - set(counts)) <= 1
     assert factories.campaign(app, campaign_id).status == "finished"
+
+
+def test_send_refused_beside_live_run(app, runner, smtp_server):
+    # A run in the web app, alive a second ago: a second run from the
+    # command line would send some of its messages in flight again.
+    factories.use_smtp_server(app, smtp_server.port)
+    campaign_id = factories.make_campaign(
+        app, factories.make_list(app, fault_contacts(2)),
+        status="running", run_mode="foreground", started_at=utcnow(), heartbeat_at=utcnow(),
+    )
+
+    result = runner.invoke(args=["campaign", "send", str(campaign_id)])
+
+    assert result.exit_code == 1
+    assert f"Campaign {campaign_id} is sending in the web app" in result.output
+    assert smtp_server.messages == []
+    assert factories.deliveries(app, campaign_id) == []

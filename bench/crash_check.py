@@ -8,14 +8,15 @@ time the sink has counted another share of the audience, the engine's whole
 process group (main process and workers) gets SIGKILL, and the engine starts
 again, as systemd's Restart= would start it. The last run goes to the end.
 
-Then the dump and the campaign's delivery rows must agree:
+Then the dump and the campaign's delivery rows must agree, so four counts
+must be 0:
 
-  duplicates     recipients who got more than one message
-  lost           rows recorded as sent without doubt, whose message never arrived
-  not recorded   messages that arrived for a row not recorded as sent
-  unsent         rows that did not end as sent (queued, sending or failed)
+- duplicates: recipients who got more than one message.
+- lost: rows recorded as sent without doubt whose message never arrived.
+- not recorded: messages that arrived for a row not recorded as sent.
+- unsent: rows that did not end as sent (queued, sending or failed).
 
-All four must be 0. A message handed over in the instant of a kill is
+A message handed over in the instant of a kill is
 "unconfirmed": the next run records it as sent and never sends it again, so
 it arrived once or, when the kill came before its final dot, not at all. The
 note gives how many of those arrived.

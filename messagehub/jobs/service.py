@@ -93,9 +93,9 @@ def launch_background(engine: Engine, session: Session, supervisor: Supervisor, 
     try:
         store.start_run(campaign.id)
     except campaign_status.StatusError as e:
-        # check_start passed a moment ago, so another process moved the
-        # campaign since: its engine started the run first, and a tiny
-        # campaign may even have finished. The launch succeeded all the same.
+        # check_start passed a moment ago, so another process changed the
+        # campaign since. Most likely its engine started the run first, or
+        # even finished a tiny campaign, so the launch still succeeded.
         log.info("campaign %s changed while launching: %s", campaign.id, e, extra={"campaign_id": campaign.id})
 
     session.expire(campaign)
@@ -126,7 +126,9 @@ def check_no_live_run(campaign: Campaign, supervisor: Supervisor, background_too
     """Raise StatusError while a run of the campaign is sending, in the web app or (``background_too``) in its unit.
 
     A second run would take the first one's messages in flight for those of
-    a dead run, and send some of them again.
+    a dead run, and send some of them again. NOTE: the engine does not check
+    this itself, so a ``systemctl start`` of the unit beside a foreground run
+    still starts a second run.
     """
     if campaign.status != campaign_status.RUNNING:
         return

@@ -89,7 +89,7 @@ def test_background_launch_runs_to_end(process_app, logged_in, instance_path):
     assert history(process_app, campaign_id) == ["launch", "exit"]
 
 
-class RefusingSupervisor:
+class RejectingSupervisor:
     """A supervisor whose manager rejects every start, as systemd does for a broken unit file."""
 
     name = "refusing"
@@ -104,7 +104,7 @@ def test_refused_launch_leaves_draft_unqueued(app):
     with app.app_context():
         campaign = db.session.get(Campaign, campaign_id)
         with pytest.raises(SupervisorError, match="bad setting"):
-            launch_background(db.engine, db.session, RefusingSupervisor(), campaign, "admin")
+            launch_background(db.engine, db.session, RejectingSupervisor(), campaign, "admin")
 
     assert factories.campaign(app, campaign_id).status == "draft"
     assert factories.deliveries(app, campaign_id) == []

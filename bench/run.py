@@ -228,11 +228,17 @@ def progress(text: str) -> None:
     print(f"bench: {text}", file=sys.stderr, flush=True)
 
 
-def engine_connections() -> int:
-    """Return how many SMTP connections the engine opens: SMTP_CONNECTIONS from the environment, else its default."""
-    from messagehub.config import default_config
+def engine_layout() -> str:
+    """Return how the engine spreads its SMTP connections here, e.g. "6 SMTP connections in 2 processes".
 
-    return int(os.environ.get("MESSAGEHUB_SMTP_CONNECTIONS") or default_config(Path("."))["SMTP_CONNECTIONS"])
+    The connections are SMTP_CONNECTIONS from the environment, else the default.
+    """
+    from messagehub.config import default_config
+    from messagehub.engine.process import process_shares, usable_cpus
+
+    connections = int(os.environ.get("MESSAGEHUB_SMTP_CONNECTIONS") or default_config(Path("."))["SMTP_CONNECTIONS"])
+    processes = len(process_shares(connections, usable_cpus()))
+    return f"{connections} SMTP connections in {processes} {'process' if processes == 1 else 'processes'}"
 
 
 def sender_figures(
@@ -244,7 +250,7 @@ def sender_figures(
     covers only its send loop, so smtp-source and the engine are timed from their
     first message at the sink to their last. Launch to exit stays in a row of its own.
     """
-    connections = engine_connections()
+    layout = engine_layout()
     return [
         Figure(
             f"ceiling: smtp-source, {CEILING_SESSIONS} sessions, {options.ceiling_messages} messages, first to last message",
@@ -261,7 +267,7 @@ def sender_figures(
             note="timed around its send loop",
         ),
         Figure(
-            f"messagehub: engine, {connections} SMTP connections, {options.recipients} recipients, first to last message",
+            f"messagehub: engine, {layout}, {options.recipients} recipients, first to last message",
             "msg/s",
             [run.sending_rate for run in engine if run.sending_rate],
             is_rate=True,
@@ -269,7 +275,7 @@ def sender_figures(
             "after launch (median)",
         ),
         Figure(
-            f"messagehub: engine, {connections} SMTP connections, {options.recipients} recipients, launch to exit",
+            f"messagehub: engine, {layout}, {options.recipients} recipients, launch to exit",
             "msg/s",
             [run.rate for run in engine],
             is_rate=True,

@@ -33,7 +33,7 @@ def default_config(instance_path: Path) -> dict[str, Any]:
         "RETRY_BASE_SECONDS": 60.0,
         "RETRY_MAX_SECONDS": 3600.0,
         "SMTP_TIMEOUT": 30.0,
-        "SMTP_CONNECTIONS": 3,
+        "SMTP_CONNECTIONS": 6,
         "PROVIDER_TIMEOUT": 30.0,
         "ERROR_RATE_LIMIT": 0.25,
         "ERROR_RATE_WINDOW": 200,

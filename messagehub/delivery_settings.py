@@ -19,6 +19,7 @@ from messagehub.provider_accounts import AccountProblem, open_account_sender
 from messagehub.providers.base import BatchSender, Sender
 from messagehub.providers.outbox import OutboxSender
 from messagehub.providers.smtp import SmtpSender, SmtpSettings
+from messagehub.providers.smtp_connections import SmtpConnections
 
 SMTP_KEY = "smtp"
 DELIVERY_METHODS = {
@@ -72,9 +73,18 @@ class SenderNotConfigured(Exception):
 
 
 def open_sender(
-    method: str, engine: Engine, config: dict, campaign_id: int | None = None, account_id: int | None = None
-) -> Sender | BatchSender:
-    """Build the sender for a delivery method from the stored settings and ``config``."""
+    method: str,
+    engine: Engine,
+    config: dict,
+    campaign_id: int | None = None,
+    account_id: int | None = None,
+    connections: int = 1,
+) -> Sender | BatchSender | SmtpConnections:
+    """Build the sender for a delivery method from the stored settings and ``config``.
+
+    ``connections`` above 1 gives SMTP that many connections, for one process
+    to drive in rounds (``SmtpConnections``); other methods ignore it.
+    """
     if method == "account":
         with Session(engine) as session:
             account = session.get(ProviderAccount, account_id) if account_id is not None else None
@@ -96,6 +106,8 @@ def open_sender(
             settings = load_smtp_settings(session, config["SECRET_KEY"], float(config["SMTP_TIMEOUT"]))
         if settings is None:
             raise SenderNotConfigured(SMTP_NOT_CONFIGURED)
+        if connections > 1:
+            return SmtpConnections(settings, connections)
         return SmtpSender(settings)
 
     raise SenderNotConfigured(f"unknown delivery method {method!r}; expected one of {', '.join(DELIVERY_METHODS)}")

@@ -27,6 +27,7 @@ from __future__ import annotations
 import errno
 import os
 import secrets
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -63,21 +64,22 @@ class HandoverJournal:
     def claiming(self, delivery_ids: list[int]) -> None:
         """Record the deliveries this process is about to claim, before the claim commits."""
         if delivery_ids:
-            self._write(_CLAIMED + b" " + b" ".join(b"%d" % delivery_id for delivery_id in delivery_ids))
+            self._write(_line(_CLAIMED, delivery_ids))
 
-    def handing_over(self, delivery_id: int, accepted: int | None = None) -> None:
-        """Record that the delivery's message is about to be written out, after the acceptance of ``accepted``.
+    def handing_over(self, delivery_id: int, accepted: Collection[int] = ()) -> None:
+        """Record that the delivery's message is about to be written out, after the acceptances of ``accepted``.
 
         One write for both saves a system call per message.
         """
         entry = _HANDED_OVER + b" %d" % delivery_id
-        if accepted is not None:
-            entry = _ACCEPTED + b" %d\n" % accepted + entry
+        if accepted:
+            entry = _line(_ACCEPTED, accepted) + b"\n" + entry
         self._write(entry)
 
-    def accepted(self, delivery_id: int) -> None:
-        """Record that the server accepted the delivery's message, until the outcome is committed."""
-        self._write(_ACCEPTED + b" %d" % delivery_id)
+    def accepted(self, delivery_ids: Collection[int]) -> None:
+        """Record that the server accepted the deliveries' messages, until their outcomes are committed."""
+        if delivery_ids:
+            self._write(_line(_ACCEPTED, delivery_ids))
 
     def clear(self) -> None:
         """Forget every entry, once their outcomes are committed to the database."""
@@ -96,6 +98,11 @@ class HandoverJournal:
         written = os.write(self._fd, data)
         if written != len(data):
             raise OSError(errno.ENOSPC, f"handover journal {self.path}: wrote {written} of {len(data)} bytes")
+
+
+def _line(kind: bytes, delivery_ids: Collection[int]) -> bytes:
+    """Return one journal line of ``kind`` naming ``delivery_ids``."""
+    return kind + b" " + b" ".join(b"%d" % delivery_id for delivery_id in delivery_ids)
 
 
 def campaign_folder(directory: Path | str, campaign_id: int) -> Path:

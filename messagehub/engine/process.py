@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import os
 import signal
 import sys
 import threading
@@ -63,12 +64,16 @@ def build_runner(
     on_progress: Callable[[Progress], None] | None = None,
     heartbeat: Callable[[], None] | None = None,
     partition: tuple[int, int] | None = None,
+    connections: int = 1,
 ) -> CampaignRunner:
-    """Wire store, sender and settings for one campaign, or for its ``partition`` (k, n)."""
+    """Wire store, sender and settings for one campaign, or for its ``partition`` (k, n).
+
+    ``connections`` above 1 gives an SMTP campaign that many connections in this process.
+    """
     engine = create_db_engine(config["SQLALCHEMY_DATABASE_URI"])
     store = SqlCampaignStore(engine)
     spec = store.load_campaign(campaign_id)
-    sender = open_sender(spec.delivery_method, engine, config, campaign_id, spec.provider_account_id)
+    sender = open_sender(spec.delivery_method, engine, config, campaign_id, spec.provider_account_id, connections)
     return CampaignRunner(
         store,
         sender,
@@ -86,9 +91,8 @@ def build_runner(
 # running campaign whose mark is six times older as interrupted.
 LIVENESS_INTERVAL = 5.0
 
-# Each SMTP connection is a worker process of about 55 MB resident. Beyond a
-# few per core they only wait on one another, and relays limit connections
-# per client.
+# Relays limit connections per client, and beyond a few per core they only
+# wait on one another.
 MAX_SMTP_CONNECTIONS = 16
 
 
@@ -165,13 +169,33 @@ def run_campaign(
 
     runner = build_runner(campaign_id, config, stop, on_progress, heartbeat)
     connections = connection_count(runner, config, campaign_id)
+    shares = process_shares(connections, usable_cpus())
+    if len(shares) > 1:
+        return run_with_workers(runner, campaign_id, config, shares, stop, build_runner, on_progress, heartbeat)
     if connections > 1:
-        return run_with_workers(runner, campaign_id, config, connections, stop, build_runner, on_progress, heartbeat)
+        runner.sender.close()
+        runner = build_runner(campaign_id, config, stop, on_progress, heartbeat, connections=connections)
     return runner.run(campaign_id)
 
 
+def usable_cpus() -> int:
+    """Return how many CPUs this process may run on."""
+    return len(os.sched_getaffinity(0))
+
+
+def process_shares(connections: int, cpus: int) -> list[int]:
+    """Spread ``connections`` over at most one process per CPU; return the connections of each process.
+
+    A process drives its connections in rounds, so more processes than CPUs
+    would only take turns on them.
+    """
+    processes = max(min(connections, cpus), 1)
+    share, extra = divmod(connections, processes)
+    return [share + 1 if index < extra else share for index in range(processes)]
+
+
 def connection_count(runner: CampaignRunner, config: dict, campaign_id: int) -> int:
-    """Return how many SMTP connections, each in a process of its own, the campaign's run uses.
+    """Return how many SMTP connections the campaign's run uses.
 
     Only SMTP campaigns use several: API providers are held to their
     account's rate, which one process keeps up with.

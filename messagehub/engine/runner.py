@@ -8,6 +8,7 @@ import threading
 import time
 from collections import Counter, deque
 from dataclasses import dataclass, field
+from functools import partial
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Callable
@@ -173,9 +174,12 @@ class CampaignRunner:
         self.settings = self.settings.clamped()
         self._errors = _ErrorWindow(self.settings.error_rate_limit, self.settings.error_rate_window)
         self._journal: HandoverJournal | None = None
-        # A delivery the server accepted whose acceptance is not journalled
-        # yet: it goes with the next handover (HandoverJournal.handing_over).
-        self._held_acceptance: int | None = None
+        # Deliveries the server accepted whose acceptance is not journalled
+        # yet: they go with the next handover (HandoverJournal.handing_over).
+        self._held_acceptances: list[int] = []
+        # The claimed deliveries of the current batch not handed over and without an outcome yet.
+        self._unsent: set[int] = set()
+        self._status_checked_at = 0.0
         if self.rate is not None:
             self.rate.sleep = self._wait
 
@@ -342,35 +346,91 @@ class CampaignRunner:
     def _send_batch(
         self, spec: CampaignSpec, templates: CampaignTemplates, batch: list[Recipient], progress: Progress
     ) -> None:
-        """Claim a batch in one transaction, send its messages one by one, then commit their outcomes together."""
+        """Claim a batch in one transaction, send its messages, then commit their outcomes together."""
         composed = self._compose_all(spec, templates, batch, progress)
         claimed = self._claim(spec.id, composed)
 
-        done = 0
-        checked_at = time.monotonic()
+        self._unsent = {recipient.delivery_id for recipient, _ in claimed}
+        self._status_checked_at = time.monotonic()
+        connections = getattr(self.sender, "connections", None)
         try:
-            for index, (recipient, message) in enumerate(claimed):
-                # A pause from the web app may come from another process: look
-                # at the stored status once a second, not only between batches.
-                if time.monotonic() - checked_at >= STATUS_CHECK_INTERVAL:
-                    checked_at = time.monotonic()
-                    if self.store.current_status(spec.id) != campaign_status.RUNNING:
-                        break
-                if self.stop.is_set():
-                    break
-                following = claimed[index + 1][1] if index + 1 < len(claimed) else None
-                outcome, reply = self._deliver(spec, recipient, message, following)
-                done = index + 1
-                self._beat()
-                self._count(progress, outcome, reply)
-                self._errors.check()
+            if connections:
+                self._send_in_rounds(spec, claimed, connections, progress)
+            else:
+                self._send_one_by_one(spec, claimed, progress)
         finally:
             # A stop, a pause, an unavailable provider or too many failures
             # leave the rest of the batch unsent: it goes back to the queue.
-            self._release_unsent(claimed[done:])
-            self._journal_held_acceptance()
+            self._release_unsent([(r, m) for r, m in claimed if r.delivery_id in self._unsent])
+            self._journal_held_acceptances()
             self.store.flush()
             self._journal.clear()
+
+    def _send_one_by_one(self, spec: CampaignSpec, claimed: list[tuple[Recipient, Outgoing]], progress: Progress) -> None:
+        """Send claimed messages in order, each to be written out behind the previous one's final dot."""
+        for index, (recipient, message) in enumerate(claimed):
+            if not self._may_go_on(spec.id):
+                break
+            following = claimed[index + 1][1] if index + 1 < len(claimed) else None
+            handover = partial(self._hand_over, recipient.delivery_id)
+            outcome, reply = self._outcome(spec, recipient, partial(self.sender.send, message, handover, following))
+            self._beat()
+            self._count(progress, outcome, reply)
+            self._errors.check()
+
+    def _send_in_rounds(
+        self, spec: CampaignSpec, claimed: list[tuple[Recipient, Outgoing]], connections: list, progress: Progress
+    ) -> None:
+        """Send claimed messages over several connections, a round at a time: one message on each, then the replies.
+
+        Message i goes over connection i mod n, so each connection can write
+        its next message's envelope (i + n) behind the current one's dot.
+        """
+        count = len(connections)
+        for start in range(0, len(claimed), count):
+            if not self._may_go_on(spec.id):
+                break
+            self._send_round(spec, claimed[start : start + count], claimed[start + count : start + 2 * count], connections, progress)
+            self._beat()
+            self._errors.check()
+
+    def _send_round(
+        self,
+        spec: CampaignSpec,
+        current: list[tuple[Recipient, Outgoing]],
+        following: list[tuple[Recipient, Outgoing]],
+        connections: list,
+        progress: Progress,
+    ) -> None:
+        """Start each message on its connection, then read the replies of those in flight, even after an error."""
+        in_flight = []
+        try:
+            for position, (recipient, message) in enumerate(current):
+                connection = connections[position]
+                after = following[position][1] if position < len(following) else None
+                handover = partial(self._hand_over, recipient.delivery_id)
+                outcome = self._outcome(spec, recipient, partial(connection.start, message, handover, after))
+                if outcome is None:
+                    in_flight.append((connection, recipient, message))
+                else:
+                    self._count(progress, *outcome)
+        finally:
+            # Messages that left are settled before an error of a later start
+            # (an unavailable server) goes up and ends the batch.
+            for connection, recipient, message in in_flight:
+                self._count(progress, *self._outcome(spec, recipient, partial(connection.finish, message)))
+
+    def _may_go_on(self, campaign_id: int) -> bool:
+        """Return False once a stop is requested, or once the stored status is no longer "running"."""
+        if self.stop.is_set():
+            return False
+
+        # A pause from the web app may come from another process: look at the
+        # stored status once a second, not only between batches.
+        if time.monotonic() - self._status_checked_at < STATUS_CHECK_INTERVAL:
+            return True
+        self._status_checked_at = time.monotonic()
+        return self.store.current_status(campaign_id) == campaign_status.RUNNING
 
     def _release_unsent(self, unsent: list[tuple[Recipient, Outgoing]]) -> None:
         """Queue claimed messages that this run will not send again, without counting an attempt."""
@@ -413,32 +473,47 @@ class CampaignRunner:
             self._errors.add(outcome == "failed", reply)
         self._report(progress)
 
-    def _deliver(
-        self, spec: CampaignSpec, recipient: Recipient, message: Outgoing, following: Outgoing | None = None
-    ) -> tuple[str | None, str]:
-        """Send one claimed message; return the final status it reached (None if it stays queued) and the reply."""
-        try:
-            result = self.sender.send(message, lambda: self._hand_over(recipient.delivery_id), following)
-        except PermanentFailure as e:
-            return self._fail(spec, recipient, e), e.reply
-        except (TemporaryFailure, ConnectionLost) as e:
-            return self._defer(spec.id, recipient, e), e.reply
+    def _outcome(
+        self, spec: CampaignSpec, recipient: Recipient, send: Callable[[], SendResult | None]
+    ) -> tuple[str | None, str] | None:
+        """Run one step of sending a claimed message and record its outcome.
 
+        Returns the final status it reached (None if it stays queued) and the
+        reply, or None while the server's reply is still to be read.
+        """
+        try:
+            result = send()
+        except PermanentFailure as e:
+            outcome = self._fail(spec, recipient, e), e.reply
+        except (TemporaryFailure, ConnectionLost) as e:
+            outcome = self._defer(spec.id, recipient, e), e.reply
+        else:
+            if result is None:
+                return None
+            outcome = self._sent(recipient, result)
+
+        self._unsent.discard(recipient.delivery_id)
+        return outcome
+
+    def _sent(self, recipient: Recipient, result: SendResult) -> tuple[str, str]:
+        """Record a message the server took; its acceptance is journalled with the next handover."""
         if result.confirmed:
-            self._held_acceptance = recipient.delivery_id
+            self._held_acceptances.append(recipient.delivery_id)
         self.store.mark_sent(recipient.delivery_id, result.reply, result.provider_id)
         return "sent", result.reply
 
     def _hand_over(self, delivery_id: int) -> None:
-        """Journal the handover of a delivery, with the acceptance of the one before it."""
-        self._journal.handing_over(delivery_id, accepted=self._held_acceptance)
-        self._held_acceptance = None
+        """Journal the handover of a delivery, with the acceptances held since the last write."""
+        self._journal.handing_over(delivery_id, accepted=self._held_acceptances)
+        self._held_acceptances = []
+        # From here on the message may reach the server: never queue it again.
+        self._unsent.discard(delivery_id)
 
-    def _journal_held_acceptance(self) -> None:
-        """Journal an acceptance that no handover took along, before the outcomes are committed."""
-        if self._held_acceptance is not None:
-            self._journal.accepted(self._held_acceptance)
-            self._held_acceptance = None
+    def _journal_held_acceptances(self) -> None:
+        """Journal the acceptances that no handover took along, before the outcomes are committed."""
+        if self._held_acceptances:
+            self._journal.accepted(self._held_acceptances)
+            self._held_acceptances = []
 
     def _send_requests(
         self, spec: CampaignSpec, templates: CampaignTemplates, batch: list[Recipient], progress: Progress
@@ -446,14 +521,10 @@ class CampaignRunner:
         """Send a batch through an API sender, as many recipients per request as it takes."""
         batch = self._drop_opted_out(spec, batch, progress)
         size = max(int(getattr(self.sender, "batch_limit", 1)), 1)
-        checked_at = time.monotonic()
+        self._status_checked_at = time.monotonic()
         for start in range(0, len(batch), size):
-            if self.stop.is_set():
+            if not self._may_go_on(spec.id):
                 return
-            if time.monotonic() - checked_at >= STATUS_CHECK_INTERVAL:
-                checked_at = time.monotonic()
-                if self.store.current_status(spec.id) != campaign_status.RUNNING:
-                    return
             self._send_request(spec, templates, batch[start : start + size], progress)
             self._beat()
             self._errors.check()

@@ -1,11 +1,12 @@
-"""One campaign over several SMTP connections: a worker process for each, watched by the main process.
+"""One campaign over several SMTP connections in worker processes, watched by the main process.
 
-Python sends one message at a time per process, so a campaign that should
-fill a fast relay needs processes, not threads. The main process begins the
-run (queues the audience, settles what a killed run left in flight), then
-forks one worker per connection. Worker k sends the deliveries whose id
-modulo n is k; the conditional claim of each delivery keeps them apart even
-if they ever overlapped. The main process reports progress and pings the
+Python runs one thread at a time per process, so a campaign that should
+fill a fast relay needs processes, not threads: one per CPU at most, each
+driving its share of the connections in rounds (``SmtpConnections``). The
+main process begins the run (queues the audience, settles what a killed run
+left in flight), then forks the workers. Worker k of n sends the deliveries
+whose id modulo n is k. Should two workers ever reach for one delivery, its
+conditional claim gives it to one of them. The main process reports progress and pings the
 watchdog while every worker shows signs of life, forwards SIGTERM, and sets
 the final status once all workers have ended.
 """
@@ -52,18 +53,19 @@ def run_with_workers(
     runner: CampaignRunner,
     campaign_id: int,
     config: dict,
-    count: int,
+    shares: list[int],
     stop: threading.Event,
     build_runner: Callable,
     on_progress: Callable[[Progress], None] | None = None,
     heartbeat: Callable[[], None] | None = None,
 ) -> RunOutcome:
-    """Run the campaign over ``count`` worker processes and return how it ended.
+    """Run the campaign over a worker process per item of ``shares``, its number of connections, and return how it ended.
 
     ``runner`` begins the run in this process.
-    ``build_runner(campaign_id, config, stop, on_progress, heartbeat, partition)``
+    ``build_runner(campaign_id, config, stop, on_progress, heartbeat, partition, connections)``
     makes the runner of each worker.
     """
+    count = len(shares)
     started = runner.begin(campaign_id)
     runner.sender.close()
     if isinstance(started, RunOutcome):
@@ -74,7 +76,7 @@ def run_with_workers(
     beats = context.Array("d", [float("-inf")] * count, lock=False)
     workers = [
         context.Process(
-            target=_work, args=(campaign_id, config, share, count, beats, build_runner, os.getpid()),
+            target=_work, args=(campaign_id, config, share, shares, beats, build_runner, os.getpid()),
             name=f"campaign-{campaign_id}-worker-{share}",
         )
         for share in range(count)
@@ -89,8 +91,9 @@ def run_with_workers(
     finally:
         signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM})
     log.info(
-        "campaign %s sends over %d connections, worker pids %s",
-        campaign_id, count, ", ".join(str(worker.pid) for worker in workers), extra={"campaign_id": campaign_id},
+        "campaign %s sends over %d connections in %d processes, worker pids %s",
+        campaign_id, sum(shares), count, ", ".join(str(worker.pid) for worker in workers),
+        extra={"campaign_id": campaign_id},
     )
 
     _watch(workers, beats, stop, store, campaign_id, on_progress, heartbeat)
@@ -181,9 +184,9 @@ def _final_outcome(store, campaign_id: int, workers, stop: threading.Event) -> R
 
 
 def _work(
-    campaign_id: int, config: dict, share: int, count: int, beats, build_runner: Callable, parent: int
+    campaign_id: int, config: dict, share: int, shares: list[int], beats, build_runner: Callable, parent: int
 ) -> None:
-    """Send one share of the campaign in this forked process; exit 1 on an error."""
+    """Send share ``share`` of the campaign over its ``shares[share]`` connections in this forked process; exit 1 on an error."""
     die_with_parent(parent)
     stop = threading.Event()
 
@@ -197,7 +200,7 @@ def _work(
     def beat() -> None:
         beats[share] = time.monotonic()
 
-    runner = build_runner(campaign_id, config, stop, None, beat, (share, count))
+    runner = build_runner(campaign_id, config, stop, None, beat, (share, len(shares)), shares[share])
     try:
         runner.run_share(campaign_id)
     except Exception:

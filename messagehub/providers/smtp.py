@@ -136,11 +136,37 @@ class SmtpSender:
         ``following``) finds its replies waiting: one round trip per message
         instead of two.
         """
+        started = self.start(message, on_handover, following)
+        return started if started is not None else self.finish(message)
+
+    def start(
+        self, message: OutgoingMessage, on_handover: HandoverCallback, following: OutgoingMessage | None = None
+    ) -> SendResult | None:
+        """Do the first part of ``send``: everything up to the write that ends in the final dot.
+
+        Returns None while the server's reply to the dot is still to be read
+        with ``finish``, or the result when the write broke after the dot left.
+        A caller with several senders starts a message on each, then finishes
+        them, so that the servers work on all of them at once.
+        """
         if self._written_ahead is not message:
             # A message written ahead was checked before its envelope went out.
             check_envelope(message)
         smtp = self._open_transaction(message)
-        return self._transfer(smtp, message, on_handover, following)
+        return self._hand_over(smtp, message, on_handover, following)
+
+    def finish(self, message: OutgoingMessage) -> SendResult:
+        """Read the reply to the final dot of ``message``, which ``start`` wrote, and turn it into the result."""
+        try:
+            code, text = self._smtp.getreply()
+        except CONNECTION_ERRORS as err:
+            self._discard()
+            log.warning(
+                "lost SMTP connection to %s after handover of %s: %s", self.settings.address, message.message_id, err
+            )
+            return SendResult(reply=IN_DOUBT_REPLY, confirmed=False)
+
+        return self._final_result(code, text, message)
 
     def was_delivered(self, message_id: str) -> None:
         """Return None: SMTP offers no way to ask a relay about an earlier message."""
@@ -281,14 +307,14 @@ class SmtpSender:
             log.info("discarding SMTP connection to %s: RSET failed with %s", self.settings.address, reply)
             self._discard()
 
-    def _transfer(
+    def _hand_over(
         self,
         smtp: smtplib.SMTP,
         message: OutgoingMessage,
         on_handover: HandoverCallback,
         following: OutgoingMessage | None = None,
-    ) -> SendResult:
-        """Call ``on_handover``, then write the content and the final dot in one write, and read the reply.
+    ) -> SendResult | None:
+        """Call ``on_handover``, then write the content and the final dot in one write.
 
         One write keeps the window between the handover record and the final
         dot as short as a single system call, and saves a write per message.
@@ -322,17 +348,7 @@ class SmtpSender:
             return SendResult(reply=IN_DOUBT_REPLY, confirmed=False)
         if ahead:
             self._written_ahead = following
-
-        try:
-            code, text = smtp.getreply()
-        except CONNECTION_ERRORS as err:
-            self._discard()
-            log.warning(
-                "lost SMTP connection to %s after handover of %s: %s", self.settings.address, message.message_id, err
-            )
-            return SendResult(reply=IN_DOUBT_REPLY, confirmed=False)
-
-        return self._final_result(code, text, message)
+        return None
 
     def _envelope_ahead(self, smtp: smtplib.SMTP, following: OutgoingMessage | None) -> bytes:
         """Return the envelope of the next message to write behind this one's dot, or b"" to wait for it."""

@@ -10,13 +10,14 @@ from messagehub.engine import runner as runner_module
 from messagehub.engine.handover import HandoverJournal, campaign_folder, read_journals, remove_journals
 from messagehub.engine.process import build_runner
 from tests import factories
+from tests.engine.journal_watch import accepted_at_each_flush
 
 
 def test_journal_records_claims_and_handovers(tmp_path: Path):
     journal = HandoverJournal(tmp_path, 7)
     journal.claiming([1, 2, 3])
     journal.handing_over(2)
-    journal.accepted(2)
+    journal.accepted([2])
 
     state = read_journals(tmp_path, 7)
 
@@ -31,7 +32,7 @@ def test_acceptance_written_with_next_handover(tmp_path: Path):
     journal = HandoverJournal(tmp_path, 7)
     journal.claiming([1, 2])
     journal.handing_over(1)
-    journal.handing_over(2, accepted=1)
+    journal.handing_over(2, accepted=[1])
 
     state = read_journals(tmp_path, 7)
 
@@ -85,7 +86,7 @@ def test_new_run_resends_claimed_but_never_handed_over(app, smtp_server):
     assert killed.store.mark_sending_many([(d, f"<{d}.x@example.com>", None) for d in claimed]) == set(claimed)
     journal.handing_over(claimed[1])
     journal.handing_over(claimed[3])
-    journal.accepted(claimed[3])
+    journal.accepted([claimed[3]])
 
     outcome = build_runner(campaign_id, config, threading.Event()).run(campaign_id)
 
@@ -136,15 +137,7 @@ def test_every_acceptance_journalled_before_commit(app, smtp_server):
     factories.use_smtp_server(app, smtp_server.port)
     campaign_id = factories.make_campaign(app, list_id)
     runner = build_runner(campaign_id, {**app.config, "SMTP_CONNECTIONS": 1}, threading.Event())
-    # What a process killed just before each write of outcomes would leave.
-    journalled: list[set[int]] = []
-    flush = runner.store.flush
-
-    def flush_after_reading_journal() -> None:
-        journalled.append(read_journals(app.config["HANDOVER_DIR"], campaign_id).accepted)
-        flush()
-
-    runner.store.flush = flush_after_reading_journal
+    journalled = accepted_at_each_flush(runner, app.config["HANDOVER_DIR"], campaign_id)
 
     outcome = runner.run(campaign_id)
 

@@ -203,14 +203,20 @@ def measure_senders(options: argparse.Namespace, report: Report) -> None:
     with tempfile.TemporaryDirectory(prefix="messagehub-bench-") as directory, SmtpSink(Path(directory)) as sink:
         work = Path(directory)
 
-        progress(f"ceiling: {options.runs} runs of {options.ceiling_messages} messages")
-        ceiling = [run_ceiling(sink, options.ceiling_messages) for _ in range(options.runs)]
-        progress(f"naive: {options.runs} runs of {options.naive_messages} messages")
-        naive = [run_naive(sink, options.naive_messages) for _ in range(options.runs)]
-        progress(f"messagehub: {options.engine_runs} campaigns of {options.recipients} recipients")
-        engine = [
-            measure_engine(work / f"throughput-{run}", sink, options.recipients) for run in range(options.engine_runs)
-        ]
+        rounds = max(options.runs, options.engine_runs)
+        progress(
+            f"{rounds} rounds: {options.runs} runs each of the ceiling ({options.ceiling_messages} messages) and the "
+            f"naive sender ({options.naive_messages}), {options.engine_runs} campaigns of {options.recipients} recipients"
+        )
+        ceiling, naive, engine = [], [], []
+        with_senders = spread_runs(options.runs, rounds)
+        with_engine = spread_runs(options.engine_runs, rounds)
+        for run in range(rounds):
+            if run in with_senders:
+                ceiling.append(run_ceiling(sink, options.ceiling_messages))
+                naive.append(run_naive(sink, options.naive_messages))
+            if run in with_engine:
+                engine.append(measure_engine(work / f"throughput-{run}", sink, options.recipients))
 
         report.figures += sender_figures(options, ceiling, naive, engine)
         report.notes += size_notes(options)
@@ -221,6 +227,20 @@ def measure_senders(options: argparse.Namespace, report: Report) -> None:
             progress(f"peak RSS: one campaign of {recipients} recipients")
             rss_runs[recipients] = measure_engine(work / f"rss-{recipients}", sink, recipients, stop_after, tree=True)
         report.figures += rss_figures(rss_runs, stop_after)
+
+
+def spread_runs(runs: int, rounds: int) -> set[int]:
+    """Return ``runs`` of the rounds 0 to ``rounds`` - 1, spread evenly, first and last included.
+
+    The machine's speed drifts over minutes when other jobs share it, so the
+    senders take turns, round after round, and the ratios compare runs that
+    saw the same load.
+    """
+    if runs >= rounds:
+        return set(range(rounds))
+    if runs == 1:
+        return {rounds // 2}
+    return {round(index * (rounds - 1) / (runs - 1)) for index in range(runs)}
 
 
 def progress(text: str) -> None:

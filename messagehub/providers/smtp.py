@@ -314,7 +314,7 @@ class SmtpSender:
         on_handover: HandoverCallback,
         following: OutgoingMessage | None = None,
     ) -> SendResult | None:
-        """Call ``on_handover``, then write the content and the final dot in one write.
+        """Call ``on_handover``, then write the content and the final dot in one write; see ``start`` for the result.
 
         One write keeps the window between the handover record and the final
         dot as short as a single system call, and saves a write per message.

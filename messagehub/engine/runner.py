@@ -496,11 +496,16 @@ class CampaignRunner:
         return outcome
 
     def _sent(self, recipient: Recipient, result: SendResult) -> tuple[str, str]:
-        """Record a message the server took; its acceptance is journalled with the next handover."""
+        """Record a message the server took, or may have taken; an acceptance is journalled with the next handover."""
+        reply = result.reply
         if result.confirmed:
             self._held_acceptances.append(recipient.delivery_id)
-        self.store.mark_sent(recipient.delivery_id, result.reply, result.provider_id)
-        return "sent", result.reply
+        else:
+            # Marked as the API senders' and the settled rows are, so one
+            # search for "unconfirmed" finds every message that may be missing.
+            reply = f"unconfirmed: {reply}"
+        self.store.mark_sent(recipient.delivery_id, reply, result.provider_id)
+        return "sent", reply
 
     def _hand_over(self, delivery_id: int) -> None:
         """Journal the handover of a delivery, with the acceptances held since the last write."""

@@ -45,11 +45,11 @@ def rows_by_address(app, campaign_id: int) -> dict:
     ("connections", "cpus", "shares"),
     [(6, 2, [3, 3]), (5, 2, [3, 2]), (3, 8, [1, 1, 1]), (1, 4, [1]), (6, 1, [6])],
 )
-def test_connections_spread_over_a_process_per_cpu_at_most(connections, cpus, shares):
+def test_process_shares_per_cpu(connections, cpus, shares):
     assert process_shares(connections, cpus) == shares
 
 
-def test_rounds_send_each_recipient_once_over_every_connection(app, smtp_server):
+def test_rounds_each_recipient_once(app, smtp_server):
     campaign_id = make_campaign(app, smtp_server, 20)
     runner = rounds_runner(app, campaign_id)
     journalled = accepted_at_each_flush(runner, app.config["HANDOVER_DIR"], campaign_id)
@@ -174,3 +174,21 @@ def test_unexpected_error_after_handover_never_sends_twice(app, smtp_server, mon
     assert max(counts.values()) == 1
     assert rows["reader1@example.com"].status == "sent"
     assert rows["reader1@example.com"].provider_reply.startswith("unconfirmed")
+
+
+@pytest.mark.parametrize(("at", "arrived"), [("after_data", 0), ("after_data_accepted", 1)])
+def test_drop_at_final_dot_unconfirmed(app, smtp_server, at, arrived):
+    campaign_id = make_campaign(app, smtp_server, 9)
+    smtp_server.drop_connection_once(at)
+
+    outcome = rounds_runner(app, campaign_id).run(campaign_id)
+
+    rows = factories.deliveries(app, campaign_id)
+    unconfirmed = [row for row in rows if row.provider_reply.startswith("unconfirmed: connection lost")]
+    counts = received(smtp_server)
+    assert outcome.status == "finished"
+    assert {row.status for row in rows} == {"sent"}
+    assert len(unconfirmed) == 1
+    assert counts[unconfirmed[0].address] == arrived
+    assert len(counts) == 8 + arrived
+    assert max(counts.values()) == 1

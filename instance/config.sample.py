@@ -45,9 +45,9 @@
 # SMTP_TIMEOUT = 30.0
 
 # SMTP connections a background campaign sends over. They are spread over
-# at most one worker process per CPU (Python runs one thread at a time per
-# process), and each process drives its share in rounds: a message on each
-# connection, then their replies, so it seldom sits waiting for the relay.
+# at most one worker process per CPU, because Python runs one thread at a
+# time per process. Each process drives its share in rounds: a message on
+# each connection, then their replies, so it seldom sits waiting for the relay.
 # Into Postfix's smtp-sink on a 2-CPU machine, a 50,000-recipient campaign
 # sent about 6,900 messages/s over two, 8,300 over four, 9,200 over six and
 # 9,200 over eight (medians of three runs, first message to last). A relay

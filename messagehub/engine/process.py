@@ -23,6 +23,7 @@ from messagehub.engine.store import Progress
 from messagehub.engine.systemd_notify import Notifier, status_text
 from messagehub.engine.workers import WorkerLost, run_with_workers
 from messagehub.providers.smtp import SmtpSender
+from messagehub.providers.smtp_connections import SmtpConnections
 from messagehub.providers import quiet_sdk_loggers
 
 log = logging.getLogger("messagehub.processor")
@@ -173,8 +174,8 @@ def run_campaign(
     if len(shares) > 1:
         return run_with_workers(runner, campaign_id, config, shares, stop, build_runner, on_progress, heartbeat)
     if connections > 1:
-        runner.sender.close()
-        runner = build_runner(campaign_id, config, stop, on_progress, heartbeat, connections=connections)
+        # The sender has not connected yet, so swapping it costs no connection.
+        runner.sender = SmtpConnections(runner.sender.settings, connections)
     return runner.run(campaign_id)
 
 

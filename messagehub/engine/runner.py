@@ -361,12 +361,15 @@ class CampaignRunner:
         finally:
             # A stop, a pause, an unavailable provider or too many failures
             # leave the rest of the batch unsent: it goes back to the queue.
-            self._release_unsent([(r, m) for r, m in claimed if r.delivery_id in self._unsent])
+            unsent = [recipient.delivery_id for recipient, _ in claimed if recipient.delivery_id in self._unsent]
+            self._release_unsent(unsent)
             self._journal_held_acceptances()
             self.store.flush()
             self._journal.clear()
 
-    def _send_one_by_one(self, spec: CampaignSpec, claimed: list[tuple[Recipient, Outgoing]], progress: Progress) -> None:
+    def _send_one_by_one(
+        self, spec: CampaignSpec, claimed: list[tuple[Recipient, Outgoing]], progress: Progress
+    ) -> None:
         """Send claimed messages in order, each to be written out behind the previous one's final dot."""
         for index, (recipient, message) in enumerate(claimed):
             if not self._may_go_on(spec.id):
@@ -390,7 +393,9 @@ class CampaignRunner:
         for start in range(0, len(claimed), count):
             if not self._may_go_on(spec.id):
                 break
-            self._send_round(spec, claimed[start : start + count], claimed[start + count : start + 2 * count], connections, progress)
+            current = claimed[start : start + count]
+            following = claimed[start + count : start + 2 * count]
+            self._send_round(spec, current, following, connections, progress)
             self._beat()
             self._errors.check()
 
@@ -432,10 +437,9 @@ class CampaignRunner:
         self._status_checked_at = time.monotonic()
         return self.store.current_status(campaign_id) == campaign_status.RUNNING
 
-    def _release_unsent(self, unsent: list[tuple[Recipient, Outgoing]]) -> None:
-        """Queue claimed messages that this run will not send again, without counting an attempt."""
-        unsent_ids = [recipient.delivery_id for recipient, _ in unsent]
-        self.store.release_many(unsent_ids, "queued again: the run stopped before sending it", self.now())
+    def _release_unsent(self, delivery_ids: list[int]) -> None:
+        """Queue claimed deliveries that this run will not send again, without counting an attempt."""
+        self.store.release_many(delivery_ids, "queued again: the run stopped before sending it", self.now())
 
     def _claim(self, campaign_id: int, composed: list[tuple[Recipient, Outgoing]]) -> list[tuple[Recipient, Outgoing]]:
         """Claim the composed messages in one transaction, journalled first; return those this run won."""

@@ -6,9 +6,9 @@ driving its share of the connections in rounds (``SmtpConnections``). The
 main process begins the run (queues the audience, settles what a killed run
 left in flight), then forks the workers. Worker k of n sends the deliveries
 whose id modulo n is k. Should two workers ever reach for one delivery, its
-conditional claim gives it to one of them. The main process reports progress and pings the
-watchdog while every worker shows signs of life, forwards SIGTERM, and sets
-the final status once all workers have ended.
+conditional claim gives it to one of them. The main process reports progress
+and pings the watchdog while every worker shows signs of life, forwards
+SIGTERM, and sets the final status once all workers have ended.
 """
 
 from __future__ import annotations
@@ -59,9 +59,10 @@ def run_with_workers(
     on_progress: Callable[[Progress], None] | None = None,
     heartbeat: Callable[[], None] | None = None,
 ) -> RunOutcome:
-    """Run the campaign over a worker process per item of ``shares``, its number of connections, and return how it ended.
+    """Run the campaign over one worker process per item of ``shares``, and return how it ended.
 
-    ``runner`` begins the run in this process.
+    Each item is the number of SMTP connections of that worker. ``runner``
+    begins the run in this process.
     ``build_runner(campaign_id, config, stop, on_progress, heartbeat, partition, connections)``
     makes the runner of each worker.
     """
@@ -186,7 +187,10 @@ def _final_outcome(store, campaign_id: int, workers, stop: threading.Event) -> R
 def _work(
     campaign_id: int, config: dict, share: int, shares: list[int], beats, build_runner: Callable, parent: int
 ) -> None:
-    """Send share ``share`` of the campaign over its ``shares[share]`` connections in this forked process; exit 1 on an error."""
+    """Send share ``share`` of the campaign over ``shares[share]`` connections in this forked process.
+
+    Exits 1 on an error.
+    """
     die_with_parent(parent)
     stop = threading.Event()
 

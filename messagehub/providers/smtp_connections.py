@@ -32,8 +32,8 @@ class SmtpConnections:
         self.close()
 
     def was_delivered(self, message_id: str) -> None:
-        """Return None: SMTP offers no way to ask a relay about an earlier message."""
-        return None
+        """Return what one connection can tell about an earlier message (see ``SmtpSender.was_delivered``)."""
+        return self.connections[0].was_delivered(message_id)
 
     def close(self) -> None:
         """Close every connection that is open."""

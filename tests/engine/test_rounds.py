@@ -9,6 +9,7 @@ import pytest
 
 from messagehub.engine import runner as runner_module
 from messagehub.engine.handover import campaign_folder
+from messagehub.engine import process
 from messagehub.engine.process import build_runner, process_shares
 from messagehub.providers.smtp import SmtpSender
 from messagehub.providers.smtp_connections import SmtpConnections
@@ -192,3 +193,19 @@ def test_drop_at_final_dot_unconfirmed(app, smtp_server, at, arrived):
     assert counts[unconfirmed[0].address] == arrived
     assert len(counts) == 8 + arrived
     assert max(counts.values()) == 1
+
+
+def test_one_cpu_runs_connections_in_process(app, smtp_server, monkeypatch):
+    campaign_id = make_campaign(app, smtp_server, 12)
+    monkeypatch.setattr(process, "usable_cpus", lambda: 1)
+    # The test process keeps its own SIGTERM and SIGINT handlers.
+    monkeypatch.setattr(process, "install_stop_handlers", lambda stop, notifier=None: None)
+
+    outcome = process.run_campaign(campaign_id, {**app.config, "SMTP_CONNECTIONS": CONNECTIONS})
+
+    rows = factories.deliveries(app, campaign_id)
+    counts = received(smtp_server)
+    assert outcome.status == "finished"
+    assert sorted(counts) == sorted(row.address for row in rows)
+    assert max(counts.values()) == 1
+    assert {message.connection for message in smtp_server.messages} == set(range(1, CONNECTIONS + 1))

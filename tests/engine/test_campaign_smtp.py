@@ -157,9 +157,8 @@ def test_sigkill_midway_resumes_exactly_once(app, big_list, smtp_server, instanc
     }
     assert [address for address, n in counts.items() if n > 1] == []
     assert set(counts) <= set(expected)
-    # A killed process may lose the one message it recorded as handed over
-    # but had not written yet (SMTP's one-write window): two kills of a main
-    # process and its workers lose at most one message per worker, each
+    # Each kill may lose the message in flight on each connection, written or
+    # only journalled, so two kills lose at most two per connection. Each is
     # marked "unconfirmed", never silently.
     assert missing <= unconfirmed
     assert len(missing) <= 2 * app.config["SMTP_CONNECTIONS"]

@@ -224,7 +224,12 @@ class SqlCampaignStore:
             )
 
     def next_batch(
-        self, campaign_id: int, limit: int, now: datetime, partition: tuple[int, int] | None = None
+        self,
+        campaign_id: int,
+        limit: int,
+        now: datetime,
+        partition: tuple[int, int] | None = None,
+        newest_first: bool = False,
     ) -> list[Recipient]:
         self.flush()
         # Columns rather than Contact objects: the ORM's identity map and
@@ -238,7 +243,7 @@ class SqlCampaignStore:
                 (Delivery.next_attempt_at.is_(None)) | (Delivery.next_attempt_at <= now),
                 _in_partition(partition),
             )
-            .order_by(Delivery.id)
+            .order_by(Delivery.id.desc() if newest_first else Delivery.id)
             .limit(limit)
         )
         with self.engine.connect() as connection:

@@ -77,9 +77,17 @@ class CampaignStore(Protocol):
         """Settle an in-doubt delivery: sent, queued again, or sent unconfirmed (None)."""
 
     def next_batch(
-        self, campaign_id: int, limit: int, now: datetime, partition: tuple[int, int] | None = None
+        self,
+        campaign_id: int,
+        limit: int,
+        now: datetime,
+        partition: tuple[int, int] | None = None,
+        newest_first: bool = False,
     ) -> list[Recipient]:
-        """Return up to ``limit`` queued deliveries due at ``now``, oldest first, of ``partition`` (k, n) if given."""
+        """Return up to ``limit`` queued deliveries due at ``now``, of ``partition`` (k, n) if given.
+
+        Oldest first, unless ``newest_first``.
+        """
 
     def mark_sending_many(self, claims: list[tuple[int, str, dict | None]]) -> set[int]:
         """Commit a batch of (delivery id, message id, template fields) as handed over; return the ids this run won."""

@@ -5,8 +5,9 @@ fill a fast relay needs processes, not threads: one per CPU at most, each
 driving its share of the connections in rounds (``SmtpConnections``). The
 main process begins the run (queues the audience, settles what a killed run
 left in flight), then forks the workers. Worker k of n sends the deliveries
-whose id modulo n is k. Should two workers ever reach for one delivery, its
-conditional claim gives it to one of them. The main process reports progress
+whose id modulo n is k, then takes the others' from the newest end, so the
+rest send a lost worker's share. Should two workers reach for one delivery,
+its conditional claim gives it to one of them. The main process reports progress
 and pings the watchdog while every worker shows signs of life, forwards
 SIGTERM, and sets the final status once all workers have ended.
 """
@@ -46,7 +47,7 @@ _PR_SET_PDEATHSIG = 1
 
 
 class WorkerLost(Exception):
-    """A worker process ended with an error or a signal; its share of the campaign is unsent."""
+    """A worker process ended with an error or a signal; what it had claimed waits for a restart."""
 
 
 def run_with_workers(
@@ -137,10 +138,11 @@ def _report_lost_workers(workers, campaign_id: int, reported: set[str]) -> None:
     for worker in workers:
         if worker.exitcode not in (None, 0) and worker.name not in reported:
             reported.add(worker.name)
-            # The others finish their shares first. The campaign then fails,
-            # so that a restart sends this worker's share.
+            # The others send what is left, its share included. The campaign
+            # then fails, so that a restart settles the batch it had claimed.
             log.warning(
-                "worker %s (pid %s) of campaign %s ended with %s; its share is sent when the campaign restarts",
+                "worker %s (pid %s) of campaign %s ended with %s; the other workers take over its share, "
+                "and the campaign restarts to settle the messages it had claimed",
                 worker.name, worker.pid, campaign_id, _describe_exit(worker.exitcode),
                 extra={"campaign_id": campaign_id},
             )

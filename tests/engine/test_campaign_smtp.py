@@ -13,6 +13,8 @@ from pathlib import Path
 import pytest
 from markupsafe import escape
 
+from messagehub.engine.process import process_shares, usable_cpus
+from messagehub.engine.runner import MAX_BATCH_SIZE
 from messagehub.extensions import db
 from messagehub.messages.mime import address_for_wire
 from messagehub.models import Contact, utcnow
@@ -275,6 +277,10 @@ def test_lost_worker_fails_then_restarts(app, big_list, smtp_server, instance_pa
     assert f"(pid {worker}) of campaign {campaign_id} ended with signal SIGKILL" in text
     assert "Traceback" not in text
     assert factories.campaign(app, campaign_id).status == "failed"
+    # The other worker sent the lost one's share; only the batch it had claimed waits.
+    statuses = collections.Counter(row.status for row in factories.deliveries(app, campaign_id))
+    assert statuses["queued"] == 0
+    assert 0 < statuses["sending"] <= MAX_BATCH_SIZE
 
     restarted = start_engine(instance_path, campaign_id)
     output, _ = restarted.communicate(timeout=300)
@@ -283,8 +289,8 @@ def test_lost_worker_fails_then_restarts(app, big_list, smtp_server, instance_pa
     expected = audience(app, big_list)
     counts = received_counts(smtp_server)
     assert [address for address, n in counts.items() if n > 1] == []
-    # The killed worker may leave its one handed-over message unconfirmed.
-    assert len(set(expected) - set(counts)) <= 1
+    # The killed worker may leave one message per connection unconfirmed.
+    assert len(set(expected) - set(counts)) <= max(process_shares(app.config["SMTP_CONNECTIONS"], usable_cpus()))
     assert factories.campaign(app, campaign_id).status == "finished"
 
 

@@ -23,10 +23,19 @@ def register_commands(app: Flask) -> None:
 
 def main() -> None:
     """Entry point of the ``messagehub`` console script."""
-    from messagehub import create_app
-
-    cli = FlaskGroup(create_app=create_app, help="MessageHub: email campaigns from a self-hosted server.")
+    cli = FlaskGroup(create_app=_create_app, help="MessageHub: email campaigns from a self-hosted server.")
     cli.main(prog_name="messagehub")
+
+
+def _create_app() -> Flask:
+    """Create the app, turning a misconfigured setting into a one-line error instead of a traceback."""
+    from messagehub import create_app
+    from messagehub.config import ConfigError
+
+    try:
+        return create_app()
+    except ConfigError as e:
+        raise click.ClickException(f"invalid configuration: {e}") from None
 
 
 # ---- users ---------------------------------------------------------------------

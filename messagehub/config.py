@@ -10,9 +10,13 @@ import json
 import os
 import secrets
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 ENV_PREFIX = "MESSAGEHUB_"
+
+
+class ConfigError(ValueError):
+    """A setting whose value is of the wrong kind, with where it was set."""
 
 # Name of the systemd credential holding the secret key (LoadCredential=secret_key:...).
 SECRET_KEY_CREDENTIAL = "secret_key"
@@ -58,10 +62,18 @@ def instance_path_from_env() -> Path:
 def load_config(instance_path: Path | None = None, overrides: dict[str, Any] | None = None) -> dict[str, Any]:
     """Merge defaults, ``instance/config.py``, the environment and ``overrides``, in that order."""
     instance_path = instance_path or instance_path_from_env()
-    config = default_config(instance_path)
-    config.update(_read_instance_file(instance_path / "config.py"))
-    config.update(_read_environment(os.environ))
-    config.update(overrides or {})
+    defaults = default_config(instance_path)
+    config = dict(defaults)
+    config_file = instance_path / "config.py"
+    layers = [
+        (_read_instance_file(config_file), lambda key: f"in {config_file}"),
+        (_read_environment(os.environ), lambda key: f"in the environment variable {ENV_PREFIX}{key}"),
+        (overrides or {}, lambda key: "in the app's overrides"),
+    ]
+    for layer, source in layers:
+        _check_numbers(layer, defaults, source)
+        config.update(layer)
+
     config.setdefault("SECRET_KEY", None)
     if not config["SECRET_KEY"]:
         # A SECRET_KEY set in config.py or the environment wins over the
@@ -121,6 +133,19 @@ def _read_instance_file(path: Path) -> dict[str, Any]:
     namespace: dict[str, Any] = {"__file__": str(path)}
     exec(compile(path.read_bytes(), str(path), "exec"), namespace)  # noqa: S102 - the admin's own config file
     return {k: v for k, v in namespace.items() if k.isupper()}
+
+
+def _check_numbers(layer: dict[str, Any], defaults: dict[str, Any], source: Callable[[str], str]) -> None:
+    """Raise ConfigError for a setting of ``layer`` that should be a number like its default and is not."""
+    for key, value in layer.items():
+        default = defaults.get(key)
+        if isinstance(default, bool) or not isinstance(default, (int, float)):
+            continue
+
+        whole = isinstance(default, int)
+        if isinstance(value, bool) or not isinstance(value, int if whole else (int, float)):
+            kind = "a whole number" if whole else "a number"
+            raise ConfigError(f"{key} must be {kind} such as {default!r}, not {value!r} ({source(key)})")
 
 
 def _read_environment(environ: os._Environ | dict[str, str]) -> dict[str, Any]:

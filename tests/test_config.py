@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import re
+import subprocess
+import sys
 from pathlib import Path
 
-from messagehub.config import default_config, load_config
+import pytest
+
+from messagehub.config import ConfigError, default_config, load_config
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -41,6 +45,61 @@ def test_overrides_win(tmp_path, monkeypatch):
     monkeypatch.setenv("MESSAGEHUB_BATCH_SIZE", "9")
 
     assert load_config(tmp_path, {"BATCH_SIZE": 3})["BATCH_SIZE"] == 3
+
+
+def test_number_as_text_in_file_rejected(tmp_path):
+    (tmp_path / "config.py").write_text('SMTP_CONNECTIONS = "six"\n')
+
+    with pytest.raises(ConfigError) as error:
+        load_config(tmp_path)
+
+    assert "SMTP_CONNECTIONS must be a whole number such as 6, not 'six'" in str(error.value)
+    assert str(tmp_path / "config.py") in str(error.value)
+
+
+def test_fraction_in_environment_rejected(tmp_path, monkeypatch):
+    monkeypatch.setenv("MESSAGEHUB_BATCH_SIZE", "2.5")
+
+    with pytest.raises(ConfigError, match="BATCH_SIZE must be a whole number .* not 2.5 .*MESSAGEHUB_BATCH_SIZE"):
+        load_config(tmp_path)
+
+
+def test_whole_number_for_seconds_accepted(tmp_path):
+    (tmp_path / "config.py").write_text("SMTP_TIMEOUT = 10\nSYSTEMD_USER_MODE = True\n")
+
+    config = load_config(tmp_path)
+
+    assert config["SMTP_TIMEOUT"] == 10
+    assert config["SYSTEMD_USER_MODE"] is True
+
+
+def test_boolean_for_number_rejected(tmp_path):
+    (tmp_path / "config.py").write_text("ERROR_RATE_LIMIT = True\n")
+
+    with pytest.raises(ConfigError, match="ERROR_RATE_LIMIT must be a number such as 0.25, not True"):
+        load_config(tmp_path)
+
+
+@pytest.mark.parametrize(
+    ("command", "status"),
+    [
+        # 2 is in the campaign unit's RestartPreventExitStatus: a restart would fail the same way.
+        (["-m", "messagehub.engine", "1"], 2),
+        (["-c", "from messagehub.cli import main; main()", "db", "current"], 1),
+    ],
+)
+def test_entry_points_report_invalid_setting(tmp_path, command, status):
+    (tmp_path / "config.py").write_text('SMTP_CONNECTIONS = "six"\n')
+
+    result = subprocess.run(
+        [sys.executable, *command],
+        env={"PATH": "/usr/bin:/bin", "MESSAGEHUB_INSTANCE_PATH": str(tmp_path)},
+        capture_output=True, text=True, timeout=60,
+    )
+
+    assert result.returncode == status
+    assert "invalid configuration: SMTP_CONNECTIONS must be a whole number" in result.stderr
+    assert "Traceback" not in result.stderr
 
 
 def test_secret_key_generated_once(tmp_path):

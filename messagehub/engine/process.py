@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 from typing import Callable
 
-from messagehub.config import load_config
+from messagehub.config import ConfigError, load_config
 from messagehub.database import create_db_engine
 from messagehub.delivery_settings import SenderNotConfigured, account_rate, open_sender
 from messagehub.engine import status as campaign_status
@@ -208,7 +208,7 @@ def connection_count(runner: CampaignRunner, config: dict, campaign_id: int) -> 
     count = min(max(configured, 1), MAX_SMTP_CONNECTIONS)
     if count != configured:
         log.warning(
-            "SMTP_CONNECTIONS is %s, outside 1 to %s: campaign %s uses %s connections",
+            "SMTP_CONNECTIONS is %s, outside 1 to %s: campaign %s uses %s instead",
             configured, MAX_SMTP_CONNECTIONS, campaign_id, count, extra={"campaign_id": campaign_id},
         )
     return count
@@ -222,7 +222,12 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_USAGE
 
     campaign_id = int(argv[0])
-    config = load_config()
+    try:
+        config = load_config()
+    except ConfigError as e:
+        # Logging is configured from the settings, so this goes to stderr (the journal under systemd).
+        print(f"cannot run campaign {campaign_id}: invalid configuration: {e}", file=sys.stderr)
+        return EXIT_USAGE
     configure_logging(str(config.get("LOG_LEVEL", "INFO")), campaign_id)
     notifier = Notifier.from_environment()
     try:

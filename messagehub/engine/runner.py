@@ -468,9 +468,9 @@ class CampaignRunner:
         self._journal.claiming([recipient.delivery_id for recipient, _ in composed])
         won = self.store.mark_sending_many([(r.delivery_id, m.message_id, r.context) for r, m in composed])
         if len(won) < len(composed):
-            # Expected where two workers meet at the end of a run, so one line per batch.
-            log.info(
-                "skipped %d deliveries of campaign %s: another process claimed them first",
+            # Expected where two workers reach the same rows near the end of a run.
+            log.debug(
+                "left %d deliveries of campaign %s to another process that claimed them first",
                 len(composed) - len(won), campaign_id, extra={"campaign_id": campaign_id},
             )
         return [(recipient, message) for recipient, message in composed if recipient.delivery_id in won]

@@ -142,7 +142,7 @@ def _report_lost_workers(workers, campaign_id: int, reported: set[str]) -> None:
             # then fails, so that a restart settles the batch it had claimed.
             log.warning(
                 "worker %s (pid %s) of campaign %s ended with %s; the other workers take over its share, "
-                "and the campaign restarts to settle the messages it had claimed",
+                "and the messages it had claimed are settled when the campaign restarts or is resumed",
                 worker.name, worker.pid, campaign_id, _describe_exit(worker.exitcode),
                 extra={"campaign_id": campaign_id},
             )

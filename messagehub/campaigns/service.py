@@ -29,7 +29,7 @@ from messagehub.messages.templating import (
     check_audience,
 )
 from messagehub.messages.sms import SmsPlan, SmsSegments, count_segments
-from messagehub.models import Campaign, Channel, Contact, Delivery, OptOut, ProviderAccount, Setting
+from messagehub.models import Campaign, Channel, Contact, Delivery, DeliveryStatus, OptOut, ProviderAccount, Setting
 from messagehub.provider_accounts import KINDS, account_problem, accounts_for
 from messagehub.providers.base import EmailContent, OutgoingSms, SendError, SendResult
 
@@ -302,10 +302,17 @@ def _send_one(engine: Engine, config: dict, campaign: Campaign, message) -> Send
     return outcome
 
 
+# The history filter for sent deliveries whose acceptance was never confirmed:
+# the engine starts each of their replies with this word.
+UNCONFIRMED = "unconfirmed"
+
+
 def history_query(campaign_id: int, status: str = "", search: str = "") -> Select:
-    """Select a campaign's deliveries in queue order, by status and by part of the address."""
+    """Select a campaign's deliveries in queue order, by status (or UNCONFIRMED) and by part of the address."""
     query = select(Delivery).where(Delivery.campaign_id == campaign_id).order_by(Delivery.id)
-    if status:
+    if status == UNCONFIRMED:
+        query = query.where(Delivery.status == DeliveryStatus.SENT.value, Delivery.provider_reply.startswith(UNCONFIRMED))
+    elif status:
         query = query.where(Delivery.status == status)
     if search:
         # The user's text is matched literally, so % and _ must not act as wildcards.

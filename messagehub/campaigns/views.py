@@ -423,6 +423,8 @@ def _sse(event: str, data: str) -> str:
 # Recipients shown per page of a campaign's history.
 HISTORY_PAGE_SIZE = 100
 DELIVERY_STATUSES = [status.value for status in DeliveryStatus]
+# The history's filters: each status, then the sent rows whose delivery the provider never confirmed.
+HISTORY_FILTERS = [*DELIVERY_STATUSES, service.UNCONFIRMED]
 
 
 @bp.get("/<int:campaign_id>/deliveries")
@@ -438,13 +440,13 @@ def deliveries(campaign_id: int):
         return render_template("campaigns/_delivery.html", campaign=campaign, message=opened)
 
     selected = request.args.get("status", "")
-    if selected not in DELIVERY_STATUSES:
+    if selected not in HISTORY_FILTERS:
         selected = ""
     search = request.args.get("q", "").strip()
     page = db.paginate(service.history_query(campaign_id, selected, search), per_page=HISTORY_PAGE_SIZE, error_out=False)
     return render_template(
         "campaigns/deliveries.html",
-        campaign=campaign, page=page, selected=selected, search=search, statuses=DELIVERY_STATUSES, message=opened,
+        campaign=campaign, page=page, selected=selected, search=search, statuses=HISTORY_FILTERS, message=opened,
     )
 
 

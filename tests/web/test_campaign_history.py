@@ -95,6 +95,22 @@ def test_history_filters_status(client, auth, finished_campaign):
     assert "5 recipients with outcome failed" in page
 
 
+def test_history_filters_unconfirmed(app, client, auth, finished_campaign):
+    unconfirmed = {"status": "sent", "attempts": 1, "provider_reply": "unconfirmed: connection lost after the final dot"}
+    # A failed row whose reply happens to start with the word is not an unconfirmed send.
+    add_deliveries(app, finished_campaign, [
+        {"address": "maybe@example.com", **unconfirmed},
+        {"address": "refused@example.com", "status": "failed", "attempts": 1, "provider_reply": "unconfirmed sender"},
+    ])
+    auth.login("viewer")
+
+    page = history_page(client, finished_campaign, "?status=unconfirmed")
+
+    assert listed_addresses(page) == ["maybe@example.com"]
+    assert "1 recipient with outcome unconfirmed" in page
+    assert 'aria-current="page">unconfirmed</a>' in page
+
+
 def test_history_search_by_address(client, auth, finished_campaign):
     auth.login("viewer")
 

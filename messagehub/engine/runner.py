@@ -308,6 +308,8 @@ class CampaignRunner:
                     started = time.monotonic()
                     self._send_batch(spec, templates, batch, progress)
                     size = grown_batch_size(smallest, len(batch), time.monotonic() - started)
+                if unavailable_count:
+                    self.store.note_problem(spec.id, None)
                 unavailable_count = 0
             except ErrorRateExceeded as e:
                 return self._pause(spec.id, "error rate exceeded", error=str(e))
@@ -319,6 +321,11 @@ class CampaignRunner:
                 log.warning(
                     "provider unavailable for campaign %s, retrying in %.0f s: %s",
                     spec.id, wait, e.reply, extra={"campaign_id": spec.id},
+                )
+                self.store.note_problem(
+                    spec.id,
+                    f"Provider unavailable, retry {unavailable_count} of {len(UNAVAILABLE_WAITS)} "
+                    f"in {wait:g} s: {e.reply}",
                 )
                 self._wait(wait)
 

@@ -428,6 +428,15 @@ class SqlCampaignStore:
         with Session(self.engine) as session:
             return session.execute(select(Campaign.status).where(Campaign.id == campaign_id)).scalar_one()
 
+    def note_problem(self, campaign_id: int, problem: str | None) -> None:
+        # Only while running: the reason a run ended, written by finish_run, stays.
+        with self.engine.begin() as connection:
+            connection.execute(
+                update(_campaigns)
+                .where(_campaigns.c.id == campaign_id, _campaigns.c.status == campaign_status.RUNNING)
+                .values(last_error=problem)
+            )
+
     def finish_run(self, campaign_id: int, status: str, error: str | None = None) -> None:
         self.flush()
         with Session(self.engine) as session, session.begin():

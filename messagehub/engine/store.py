@@ -134,5 +134,8 @@ class CampaignStore(Protocol):
     def current_status(self, campaign_id: int) -> str:
         """Return the campaign's status as stored now (another process may change it)."""
 
+    def note_problem(self, campaign_id: int, problem: str | None) -> None:
+        """Show ``problem`` on the campaign's pages while it runs, or clear it with None."""
+
     def finish_run(self, campaign_id: int, status: str, error: str | None = None) -> None:
         """Record how the run ended: finished, paused or failed."""

@@ -114,7 +114,7 @@ def _watch(workers, beats, stop, store, campaign_id, on_progress, heartbeat) -> 
     reported = float("-inf")
     lost: set[str] = set()
     while any(worker.is_alive() for worker in workers):
-        _report_lost_workers(workers, campaign_id, lost)
+        _report_lost_workers(workers, store, campaign_id, lost)
         if stop.is_set() and not forwarded:
             for worker in workers:
                 if worker.is_alive():
@@ -133,8 +133,8 @@ def _watch(workers, beats, stop, store, campaign_id, on_progress, heartbeat) -> 
             workers[alive[0]].join(WATCH_INTERVAL)
 
 
-def _report_lost_workers(workers, campaign_id: int, reported: set[str]) -> None:
-    """Log each worker that ended with an error or a signal, once, as soon as it is seen."""
+def _report_lost_workers(workers, store, campaign_id: int, reported: set[str]) -> None:
+    """Log and show on the campaign's pages each worker that ended with an error or a signal, once."""
     for worker in workers:
         if worker.exitcode not in (None, 0) and worker.name not in reported:
             reported.add(worker.name)
@@ -145,6 +145,11 @@ def _report_lost_workers(workers, campaign_id: int, reported: set[str]) -> None:
                 "and the messages it had claimed are settled when the campaign restarts or is resumed",
                 worker.name, worker.pid, campaign_id, _describe_exit(worker.exitcode),
                 extra={"campaign_id": campaign_id},
+            )
+            store.note_problem(
+                campaign_id,
+                f"Worker {worker.name} ended with {_describe_exit(worker.exitcode)}. The other workers take "
+                "over its share; the messages it had claimed are settled when the campaign restarts or is resumed.",
             )
 
 

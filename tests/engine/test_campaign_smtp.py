@@ -19,6 +19,7 @@ from messagehub.extensions import db
 from messagehub.messages.mime import address_for_wire
 from messagehub.models import Contact, utcnow
 from tests import factories
+from tests.waiting import wait_for
 
 SUBJECT = "Frühlingsnachrichten für {{ first_name | default('Sie') }} — Ünïcödé ✓"
 
@@ -269,6 +270,8 @@ def test_lost_worker_fails_then_restarts(app, big_list, smtp_server, instance_pa
     worker = int(Path(f"/proc/{process.pid}/task/{process.pid}/children").read_text().split()[0])
 
     os.kill(worker, signal.SIGKILL)
+    # Shown on the campaign's pages while the other worker sends what is left.
+    notice = wait_for(lambda: factories.campaign(app, campaign_id).last_error, bool, timeout=30, interval=0.02)
     output, _ = process.communicate(timeout=120)
 
     text = output.decode()
@@ -276,6 +279,7 @@ def test_lost_worker_fails_then_restarts(app, big_list, smtp_server, instance_pa
     assert process.returncode == 1, text
     assert f"(pid {worker}) of campaign {campaign_id} ended with signal SIGKILL" in text
     assert "Traceback" not in text
+    assert notice.startswith(f"Worker campaign-{campaign_id}-worker-0 ended with signal SIGKILL. The other workers")
     assert factories.campaign(app, campaign_id).status == "failed"
     # The other worker sent the lost one's share; only the batch it had claimed waits.
     statuses = collections.Counter(row.status for row in factories.deliveries(app, campaign_id))

@@ -129,6 +129,30 @@ def test_unavailable_server_mid_round(app, smtp_server, monkeypatch):
     assert max(counts.values()) == 1
 
 
+def test_unavailable_spell_shown_while_retried(app, smtp_server, monkeypatch):
+    monkeypatch.setattr(runner_module, "UNAVAILABLE_WAITS", (0.01, 0.01, 0.01))
+    campaign_id = make_campaign(app, smtp_server, 9)
+    smtp_server.defer("reader4@example.com", times=2, reply="530 5.7.0 authentication required")
+    runner = rounds_runner(app, campaign_id)
+    notices = []
+    wait = runner._wait
+
+    def watched_wait(seconds: float) -> None:
+        notices.append(factories.campaign(app, campaign_id).last_error)
+        wait(seconds)
+
+    runner._wait = watched_wait
+    outcome = runner.run(campaign_id)
+
+    assert outcome.status == "finished"
+    assert len(notices) == 2
+    assert notices[0].startswith("Provider unavailable, retry 1 of 3 in 0.01 s: ")
+    assert notices[0].endswith("rejected RCPT: 530 5.7.0 authentication required")
+    assert notices[1].startswith("Provider unavailable, retry 2 of 3")
+    # Cleared once messages go out again.
+    assert factories.campaign(app, campaign_id).last_error is None
+
+
 def test_stop_mid_batch(app, smtp_server):
     campaign_id = make_campaign(app, smtp_server, 15)
     stop = threading.Event()

@@ -15,6 +15,12 @@ from typing import Any, Callable
 ENV_PREFIX = "MESSAGEHUB_"
 
 
+# Settings that take one of a few words, in any case.
+SUPERVISOR_CHOICES = ("auto", "systemd", "process")
+LOG_LEVEL_CHOICES = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+_CHOICES = {"SUPERVISOR": SUPERVISOR_CHOICES, "LOG_LEVEL": LOG_LEVEL_CHOICES}
+
+
 class ConfigError(ValueError):
     """A setting whose value is of the wrong kind, with where it was set."""
 
@@ -72,6 +78,7 @@ def load_config(instance_path: Path | None = None, overrides: dict[str, Any] | N
     ]
     for layer, source in layers:
         _check_numbers(layer, defaults, source)
+        _check_choices(layer, source)
         config.update(layer)
 
     config.setdefault("SECRET_KEY", None)
@@ -146,6 +153,17 @@ def _check_numbers(layer: dict[str, Any], defaults: dict[str, Any], source: Call
         if isinstance(value, bool) or not isinstance(value, int if whole else (int, float)):
             kind = "a whole number" if whole else "a number"
             raise ConfigError(f"{key} must be {kind} such as {default!r}, not {value!r} ({source(key)})")
+
+
+def _check_choices(layer: dict[str, Any], source: Callable[[str], str]) -> None:
+    """Raise ConfigError for a setting of ``layer`` that should be one of a few words and is not."""
+    for key, choices in _CHOICES.items():
+        if key not in layer:
+            continue
+
+        value = layer[key]
+        if not isinstance(value, str) or value.casefold() not in {choice.casefold() for choice in choices}:
+            raise ConfigError(f"{key} must be one of {', '.join(choices)}, not {value!r} ({source(key)})")
 
 
 def _read_environment(environ: os._Environ | dict[str, str]) -> dict[str, Any]:

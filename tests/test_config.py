@@ -81,6 +81,32 @@ def test_boolean_for_number_rejected(tmp_path):
 
 
 @pytest.mark.parametrize(
+    ("line", "message"),
+    [
+        ('SUPERVISOR = "docker"', "SUPERVISOR must be one of auto, systemd, process, not 'docker'"),
+        ('LOG_LEVEL = "LOUD"', "LOG_LEVEL must be one of DEBUG, INFO, WARNING, ERROR, CRITICAL, not 'LOUD'"),
+        ("LOG_LEVEL = 10", "LOG_LEVEL must be one of DEBUG, INFO, WARNING, ERROR, CRITICAL, not 10"),
+    ],
+)
+def test_unknown_choice_rejected(tmp_path, line, message):
+    (tmp_path / "config.py").write_text(line + "\n")
+
+    with pytest.raises(ConfigError) as error:
+        load_config(tmp_path)
+
+    assert message in str(error.value)
+
+
+def test_choices_in_any_case(tmp_path):
+    (tmp_path / "config.py").write_text('SUPERVISOR = "Process"\nLOG_LEVEL = "debug"\n')
+
+    config = load_config(tmp_path)
+
+    assert config["SUPERVISOR"] == "Process"
+    assert config["LOG_LEVEL"] == "debug"
+
+
+@pytest.mark.parametrize(
     ("command", "status"),
     [
         # 2 is in the campaign unit's RestartPreventExitStatus: a restart would fail the same way.

@@ -228,7 +228,7 @@ def main(argv: list[str] | None = None) -> int:
         # Logging is configured from the settings, so this goes to stderr (the journal under systemd).
         print(f"cannot run campaign {campaign_id}: invalid configuration: {e}", file=sys.stderr)
         return EXIT_USAGE
-    configure_logging(str(config.get("LOG_LEVEL", "INFO")), campaign_id)
+    configure_logging(str(config.get("LOG_LEVEL", "INFO")).upper(), campaign_id)
     notifier = Notifier.from_environment()
     try:
         outcome = run_campaign(campaign_id, config, notifier=notifier)

@@ -309,6 +309,7 @@ class CampaignRunner:
                     self._send_batch(spec, templates, batch, progress)
                     size = grown_batch_size(smallest, len(batch), time.monotonic() - started)
                 if unavailable_count:
+                    log.info("provider available again for campaign %s", spec.id, extra={"campaign_id": spec.id})
                     self.store.note_problem(spec.id, None)
                 unavailable_count = 0
             except ErrorRateExceeded as e:

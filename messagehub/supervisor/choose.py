@@ -18,12 +18,12 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from messagehub.config import SUPERVISOR_CHOICES as CHOICES
 from messagehub.supervisor.base import Supervisor
 from messagehub.supervisor.process import ProcessSupervisor
 from messagehub.supervisor.units import CampaignUnitPaths
 
 SYSTEM_BUS_SOCKET = Path("/run/dbus/system_bus_socket")
-CHOICES = ("auto", "systemd", "process")
 
 # One decision per process and configuration: probing the bus on every
 # request would cost a D-Bus round trip each time.

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import collections
+import logging
 import threading
 
 import pytest
@@ -129,7 +130,7 @@ def test_unavailable_server_mid_round(app, smtp_server, monkeypatch):
     assert max(counts.values()) == 1
 
 
-def test_unavailable_spell_shown_while_retried(app, smtp_server, monkeypatch):
+def test_unavailable_spell_shown_while_retried(app, smtp_server, monkeypatch, caplog):
     monkeypatch.setattr(runner_module, "UNAVAILABLE_WAITS", (0.01, 0.01, 0.01))
     campaign_id = make_campaign(app, smtp_server, 9)
     smtp_server.defer("reader4@example.com", times=2, reply="530 5.7.0 authentication required")
@@ -142,6 +143,7 @@ def test_unavailable_spell_shown_while_retried(app, smtp_server, monkeypatch):
         wait(seconds)
 
     runner._wait = watched_wait
+    caplog.set_level(logging.INFO, logger="messagehub.processor")
     outcome = runner.run(campaign_id)
 
     assert outcome.status == "finished"
@@ -151,6 +153,7 @@ def test_unavailable_spell_shown_while_retried(app, smtp_server, monkeypatch):
     assert notices[1].startswith("Provider unavailable, retry 2 of 3")
     # Cleared once messages go out again.
     assert factories.campaign(app, campaign_id).last_error is None
+    assert f"provider available again for campaign {campaign_id}" in caplog.text
 
 
 def test_stop_mid_batch(app, smtp_server):

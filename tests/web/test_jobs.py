@@ -215,6 +215,7 @@ def test_gone_process_shows_interrupted(process_app, logged_in):
     rows = logged_in.get("/jobs/", headers={"HX-Request": "true"}).get_data(as_text=True)
 
     assert "interrupted" in rows
+    assert '<span class="problem">Interrupted: ' in rows
     assert "Resume" in rows
     assert factories.campaign(process_app, campaign_id).status == "paused"
 

@@ -277,7 +277,7 @@ class CampaignRunner:
             delivered: bool | None = True
         else:
             delivered = self.sender.was_delivered(item.message_id)
-        self.store.resolve(item.delivery_id, delivered)
+        self.store.resolve(item.delivery_id, delivered, item.claimed_at)
         return {True: "delivered", False: "queued again", None: "unconfirmed, not sent again"}[delivered]
 
     def _send_all(

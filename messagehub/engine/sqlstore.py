@@ -202,18 +202,19 @@ class SqlCampaignStore:
         self.flush()
         with Session(self.engine) as session:
             rows = session.execute(
-                select(Delivery.id, Delivery.message_id).where(
+                select(Delivery.id, Delivery.message_id, Delivery.updated_at).where(
                     Delivery.campaign_id == campaign_id, Delivery.status == SENDING
                 )
             ).all()
 
-        return [InDoubt(delivery_id, message_id or "") for delivery_id, message_id in rows]
+        # The claim was the row's last change, so updated_at is its time.
+        return [InDoubt(delivery_id, message_id or "", claimed_at) for delivery_id, message_id, claimed_at in rows]
 
-    def resolve(self, delivery_id: int, delivered: bool | None) -> None:
+    def resolve(self, delivery_id: int, delivered: bool | None, claimed_at: datetime | None = None) -> None:
         if delivered is False:
             self._move(delivery_id, SENDING, QUEUED, reply="not delivered by the previous run; queued again")
         elif delivered is True:
-            self._move(delivery_id, SENDING, SENT, reply="delivered before the previous run stopped")
+            self._move(delivery_id, SENDING, SENT, reply="delivered before the previous run stopped", at=claimed_at)
         else:
             self._move(
                 delivery_id,
@@ -221,6 +222,7 @@ class SqlCampaignStore:
                 SENT,
                 reply="unconfirmed: the previous run stopped after handing the message over, "
                 "before it recorded the server's answer; not sent again",
+                at=claimed_at,
             )
 
     def next_batch(
@@ -460,11 +462,15 @@ class SqlCampaignStore:
         provider_id: str | None = None,
         retry_at: datetime | None = None,
         bump: int = 0,
+        at: datetime | None = None,
     ) -> None:
-        """Move one delivery from ``previous`` to ``new``, with the pending outcomes, in one transaction."""
+        """Move one delivery from ``previous`` to ``new``, with the pending outcomes, in one transaction.
+
+        ``at`` is the time of the move, now if not given.
+        """
         self._pending.append(
             _move_parameters(
-                delivery_id, previous, new, reply=reply, provider_id=provider_id, retry_at=retry_at, bump=bump
+                delivery_id, previous, new, reply=reply, provider_id=provider_id, retry_at=retry_at, bump=bump, at=at
             )
         )
         self.flush()
@@ -534,9 +540,10 @@ def _move_parameters(
     provider_id: str | None = None,
     retry_at: datetime | None = None,
     bump: int = 0,
+    at: datetime | None = None,
 ) -> dict:
-    """Return the parameters of a move (``_MOVE_ONE``, ``_MOVE_MANY``) for one delivery."""
-    now = utcnow()
+    """Return the parameters of a move (``_MOVE_ONE``, ``_MOVE_MANY``) for one delivery, at ``at`` or now."""
+    now = at or utcnow()
     return {
         "d_id": delivery_id,
         "d_from": previous,

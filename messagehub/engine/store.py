@@ -43,6 +43,8 @@ class InDoubt:
 
     delivery_id: int
     message_id: str
+    # When the earlier run claimed it, with its batch: before the handover by at most the batch's sending time.
+    claimed_at: datetime | None = None
 
 
 @dataclass
@@ -73,8 +75,11 @@ class CampaignStore(Protocol):
     def in_doubt(self, campaign_id: int) -> list[InDoubt]:
         """Return deliveries left in ``sending`` by an earlier run."""
 
-    def resolve(self, delivery_id: int, delivered: bool | None) -> None:
-        """Settle an in-doubt delivery: sent, queued again, or sent unconfirmed (None)."""
+    def resolve(self, delivery_id: int, delivered: bool | None, claimed_at: datetime | None = None) -> None:
+        """Settle an in-doubt delivery: sent, queued again, or sent unconfirmed (None).
+
+        A delivery settled as sent gets ``claimed_at`` as its sending time, if given.
+        """
 
     def next_batch(
         self,

@@ -172,3 +172,22 @@ def test_start_run_waits_for_queueing_run(app):
     assert len(rows) == 300
     assert {row.status for row in rows} == {"queued"}
     assert factories.campaign(app, campaign_id).total == 300
+
+
+def test_settled_send_dated_at_its_claim(app):
+    campaign_id, ids = _started_campaign(app, 3)
+    store = _store(app)
+    store.mark_sending_many(_claims(ids))
+    claimed_at = {row.id: row.updated_at for row in factories.deliveries(app, campaign_id)}
+    time.sleep(0.05)
+
+    for item in _store(app).in_doubt(campaign_id):
+        store.resolve(item.delivery_id, {ids[0]: None, ids[1]: True, ids[2]: False}[item.delivery_id], item.claimed_at)
+    store.flush()
+
+    rows = {row.id: row for row in factories.deliveries(app, campaign_id)}
+    assert rows[ids[0]].sent_at == claimed_at[ids[0]]
+    assert rows[ids[0]].provider_reply.startswith("unconfirmed:")
+    assert rows[ids[1]].sent_at == claimed_at[ids[1]]
+    assert rows[ids[2]].status == "queued"
+    assert rows[ids[2]].sent_at is None

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import getpass
+import os
 import sys
 from pathlib import Path
 
@@ -172,7 +174,7 @@ def campaign_send(campaign_id: int) -> None:
     from messagehub.engine import status as campaign_status
     from messagehub.engine.process import EXIT_CAMPAIGN_FAILED, run_campaign
     from messagehub.engine.workers import WorkerLost
-    from messagehub.jobs.service import check_no_live_run
+    from messagehub.jobs import service as jobs_service
     from messagehub.supervisor.base import SupervisorError
     from messagehub.supervisor.choose import choose_supervisor
 
@@ -183,10 +185,17 @@ def campaign_send(campaign_id: int) -> None:
     if problem:
         raise click.ClickException(problem)
     try:
-        check_no_live_run(campaign, choose_supervisor(current_app.config))
+        jobs_service.check_no_live_run(campaign, choose_supervisor(current_app.config))
     except (campaign_status.StatusError, SupervisorError) as e:
         raise click.ClickException(str(e)) from e
-    db.session.rollback()
+
+    # A terminal run is judged by its heartbeat, as a run in the web app is.
+    # Left "background" from an earlier run, the Jobs and Monitor pages would
+    # take that run's ended unit for this one and pause the campaign.
+    kind = jobs_service.LAUNCH if campaign.started_at is None else jobs_service.RESUME
+    campaign.run_mode = jobs_service.FOREGROUND
+    jobs_service.record(db.session, campaign_id, kind, _terminal_user(), "terminal", mode=jobs_service.FOREGROUND)
+    db.session.commit()
 
     with click.progressbar(length=1, label=f"Sending campaign {campaign_id}", file=sys.stderr, show_pos=True) as bar:
 
@@ -205,6 +214,15 @@ def campaign_send(campaign_id: int) -> None:
         click.echo(f"error: {outcome.error}", err=True)
     if outcome.status == campaign_status.FAILED:
         sys.exit(EXIT_CAMPAIGN_FAILED)
+
+
+def _terminal_user() -> str:
+    """Return the name of the user running this command, for the job history."""
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):
+        # No login name in the environment and no passwd entry, as in some containers.
+        return f"uid {os.getuid()}"
 
 
 # ---- SMTP ----------------------------------------------------------------------

@@ -13,11 +13,14 @@ from pathlib import Path
 import pytest
 from markupsafe import escape
 
-from messagehub.engine.process import process_shares, usable_cpus
+from messagehub.engine.process import create_db_engine, process_shares, usable_cpus
 from messagehub.engine.runner import MAX_BATCH_SIZE
+from messagehub.engine.sqlstore import SqlCampaignStore
 from messagehub.extensions import db
+from messagehub.jobs import service as jobs_service
+from messagehub.supervisor.choose import choose_supervisor
 from messagehub.messages.mime import address_for_wire
-from messagehub.models import Contact, utcnow
+from messagehub.models import Campaign, Contact, JobEvent, utcnow
 from tests import factories
 from tests.waiting import wait_for
 
@@ -113,6 +116,47 @@ def test_10k_campaign_exactly_once(app, big_list, smtp_server, instance_path):
     assert factories.campaign(app, campaign_id).sent == len(expected)
     assert factories.campaign(app, campaign_id).status == "finished"
     check_messages(smtp_server, expected)
+
+
+def test_terminal_send_not_taken_for_ended_unit(app, big_list, smtp_server, instance_path):
+    # Left "background" by an earlier run whose process has ended: the Jobs
+    # and Monitor pages reconcile while the terminal sends.
+    factories.use_smtp_server(app, smtp_server.port)
+    campaign_id = factories.make_campaign(app, big_list, run_mode="background")
+    store = SqlCampaignStore(create_db_engine(app.config["SQLALCHEMY_DATABASE_URI"]))
+    store.start_run(campaign_id)
+    store.finish_run(campaign_id, "paused")
+    write_instance_config(app, instance_path)
+    supervisor = choose_supervisor({"SUPERVISOR": "process", "INSTANCE_PATH": str(instance_path)})
+    script = Path(sys.executable).parent / "messagehub"
+    env = {**os.environ, "MESSAGEHUB_INSTANCE_PATH": str(instance_path)}
+    process = subprocess.Popen(
+        [str(script), "campaign", "send", str(campaign_id)], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+
+    statuses = ["paused"]
+    while process.poll() is None:
+        with app.app_context():
+            jobs_service.reconcile(db.session, supervisor)
+            status = db.session.get(Campaign, campaign_id).status
+        if status != statuses[-1]:
+            statuses.append(status)
+        time.sleep(0.05)
+    output, errors = process.communicate()
+
+    assert process.returncode == 0, errors
+    assert output.startswith("finished: ")
+    assert statuses == ["paused", "running", "finished"]
+    assert max(received_counts(smtp_server).values()) == 1
+    events = job_events(app, campaign_id)
+    assert [(event.kind, event.mode, event.supervisor) for event in events] == [("resume", "foreground", "terminal")]
+
+
+def job_events(app, campaign_id: int) -> list[JobEvent]:
+    with app.app_context():
+        events = db.session.execute(db.select(JobEvent).where(JobEvent.campaign_id == campaign_id)).scalars().all()
+        db.session.expunge_all()
+    return list(events)
 
 
 def check_messages(server, expected: dict[str, Contact]) -> None:

@@ -189,13 +189,9 @@ def campaign_send(campaign_id: int) -> None:
     except (campaign_status.StatusError, SupervisorError) as e:
         raise click.ClickException(str(e)) from e
 
-    # A terminal run is judged by its heartbeat, as a run in the web app is.
     # Left "background" from an earlier run, the Jobs and Monitor pages would
     # take that run's ended unit for this one and pause the campaign.
-    kind = jobs_service.LAUNCH if campaign.started_at is None else jobs_service.RESUME
-    campaign.run_mode = jobs_service.FOREGROUND
-    jobs_service.record(db.session, campaign_id, kind, _terminal_user(), "terminal", mode=jobs_service.FOREGROUND)
-    db.session.commit()
+    jobs_service.mark_foreground(db.session, campaign, jobs_service.start_kind(campaign), _terminal_user(), "terminal")
 
     with click.progressbar(length=1, label=f"Sending campaign {campaign_id}", file=sys.stderr, show_pos=True) as bar:
 

@@ -14,15 +14,10 @@ from typing import Any, Callable
 
 ENV_PREFIX = "MESSAGEHUB_"
 
-
 # Settings that take one of a few words, in any case.
 SUPERVISOR_CHOICES = ("auto", "systemd", "process")
 LOG_LEVEL_CHOICES = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 _CHOICES = {"SUPERVISOR": SUPERVISOR_CHOICES, "LOG_LEVEL": LOG_LEVEL_CHOICES}
-
-
-class ConfigError(ValueError):
-    """A setting whose value is of the wrong kind, with where it was set."""
 
 # Name of the systemd credential holding the secret key (LoadCredential=secret_key:...).
 SECRET_KEY_CREDENTIAL = "secret_key"
@@ -30,6 +25,10 @@ SECRET_KEY_CREDENTIAL = "secret_key"
 # The instance folder when MESSAGEHUB_INSTANCE_PATH is not set: instance/ next
 # to the package, as in a checkout. Installed units set the variable.
 DEFAULT_INSTANCE_PATH = Path(__file__).resolve().parent.parent / "instance"
+
+
+class ConfigError(ValueError):
+    """A setting whose value is of the wrong kind, with where it was set."""
 
 
 def default_config(instance_path: Path) -> dict[str, Any]:

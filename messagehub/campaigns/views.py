@@ -326,7 +326,7 @@ def _launch_background(campaign: Campaign):
 
 
 def _launch_foreground(campaign: Campaign):
-    kind = jobs_service.LAUNCH if campaign.started_at is None else jobs_service.RESUME
+    kind = jobs_service.start_kind(campaign)
     try:
         jobs_service.check_no_live_run(campaign, choose_supervisor(current_app.config))
         foreground.start(campaign.id, current_app.config)
@@ -335,9 +335,7 @@ def _launch_foreground(campaign: Campaign):
         return redirect(url_for("campaigns.show", campaign_id=campaign.id), code=303)
 
     db.session.expire(campaign)
-    campaign.run_mode = jobs_service.FOREGROUND
-    jobs_service.record(db.session, campaign.id, kind, current_user.username, "web", mode=jobs_service.FOREGROUND)
-    db.session.commit()
+    jobs_service.mark_foreground(db.session, campaign, kind, current_user.username, "web")
     audit.info("user %s started campaign %s in the foreground", current_user.username, campaign.id, extra={"campaign_id": campaign.id})
     flash("Sending started in the web app. Progress updates live below.", "success")
     return redirect(url_for("campaigns.show", campaign_id=campaign.id), code=303)

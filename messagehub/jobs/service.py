@@ -64,6 +64,18 @@ def record(session: Session, campaign_id: int, kind: str, actor: str, supervisor
     return event
 
 
+def start_kind(campaign: Campaign) -> str:
+    """Return the job history kind of a run about to start: a launch for a campaign never started, else a resume."""
+    return LAUNCH if campaign.started_at is None else RESUME
+
+
+def mark_foreground(session: Session, campaign: Campaign, kind: str, actor: str, origin: str) -> None:
+    """Record a run in the web app or a terminal (``origin``), whose liveness is judged by its heartbeat, not a unit."""
+    campaign.run_mode = FOREGROUND
+    record(session, campaign.id, kind, actor, origin, mode=FOREGROUND)
+    session.commit()
+
+
 def launch_background(engine: Engine, session: Session, supervisor: Supervisor, campaign: Campaign, actor: str) -> None:
     """Start the campaign's unit, then mark the campaign running and queue its audience.
 
@@ -76,7 +88,7 @@ def launch_background(engine: Engine, session: Session, supervisor: Supervisor, 
         nothing was started.
     :raises SupervisorError: the supervisor refused or failed; the campaign is unchanged.
     """
-    kind = LAUNCH if campaign.started_at is None else RESUME
+    kind = start_kind(campaign)
     check_no_live_run(campaign, supervisor)
     store = SqlCampaignStore(engine)
     store.check_start(campaign.id)

@@ -7,9 +7,9 @@ main process begins the run (queues the audience, settles what a killed run
 left in flight), then forks the workers. Worker k of n sends the deliveries
 whose id modulo n is k, then takes the others' from the newest end, so the
 rest send a lost worker's share. Should two workers reach for one delivery,
-its conditional claim gives it to one of them. The main process reports progress
-and pings the watchdog while every worker shows signs of life, forwards
-SIGTERM, and sets the final status once all workers have ended.
+its conditional claim gives it to one of them. The main process reports
+progress and pings the watchdog while every worker shows signs of life,
+forwards SIGTERM, and sets the final status once all workers have ended.
 """
 
 from __future__ import annotations
